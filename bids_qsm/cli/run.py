@@ -1,0 +1,156 @@
+"""`bids_qsm BIDS_DIR OUTPUT_DIR {participant,group}`: parse, check, build, run; return an exit code.
+
+Exit codes (DESIGN.md): 0 done; 1 processing failed; 2 usage; 16 BIDS validation failed;
+18 selection found nothing; 66 required input missing or unreadable.
+"""
+
+import logging
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+EX_OK, EX_FAILED, EX_USAGE, EX_INVALID, EX_NOSELECTION, EX_NOINPUT = 0, 1, 2, 16, 18, 66
+
+logger = logging.getLogger("bids_qsm")
+
+
+def main(argv=None) -> int:
+    """Entry point of the `bids_qsm` command."""
+    from bids_qsm.cli.parser import parse_args
+
+    try:
+        settings, verbosity = parse_args(argv)
+    except SystemExit as stop:  # argparse: --help, --version, or a usage error
+        return stop.code if isinstance(stop.code, int) else EX_USAGE
+    _setup_logging(verbosity)
+    exe = settings.execution
+    if exe.analysis_level == "group":
+        print("bids_qsm: group level has nothing to gather yet (region statistics come later).")
+        return EX_OK
+
+    if not exe.skip_bids_validation:
+        code = _validate_input(exe.bids_dir)
+        if code:
+            return code
+
+    from bids_qsm.bids import SelectionError, collect_runs
+
+    exe.work_dir = exe.work_dir or Path(tempfile.gettempdir()) / "bids_qsm_work"
+    try:
+        runs, problems = collect_runs(
+            exe.bids_dir,
+            participant_label=exe.participant_label or None,
+            session_label=exe.session_label or None,
+            bids_filters=exe.bids_filters or None,
+            database_dir=exe.work_dir / "bids_db",
+        )
+    except SelectionError as err:
+        _error(str(err))
+        return EX_NOSELECTION
+    for problem in problems:
+        _error(str(problem))
+    if not runs:
+        _error("no usable MEGRE run left to process")
+        return EX_NOINPUT
+
+    from bids_qsm.derivatives import OutputDirError, init_derivatives
+
+    try:
+        init_derivatives(exe.output_dir, bids_dir=exe.bids_dir)
+    except (OutputDirError, OSError) as err:
+        _error(str(err))
+        return EX_FAILED
+    settings.to_toml(exe.log_dir / f"config-{exe.run_uuid}.toml")
+
+    failures = _run_workflow(settings, runs, verbosity)
+    for line in failures:
+        _error(line)
+    if failures:
+        return EX_FAILED
+    if problems:
+        return EX_NOINPUT
+    logger.info("done: %d run(s) written to %s", len(runs), exe.output_dir)
+    return EX_OK
+
+
+def _validate_input(bids_dir):
+    from bids_qsm.validation import ValidatorMissing, validate
+
+    try:
+        findings = validate(bids_dir)
+    except (ValidatorMissing, RuntimeError) as err:
+        _error(f"{err} (or use --skip-bids-validation)")
+        return EX_FAILED
+    for finding in findings:
+        _error(f"BIDS validation: {finding}")
+    if findings:
+        _error(f"{bids_dir} is not valid BIDS (fix it, or use --skip-bids-validation)")
+        return EX_INVALID
+    return EX_OK
+
+
+def _run_workflow(settings, runs, verbosity):
+    """Build and run the graph; one line per failed node (empty when all went well)."""
+    from nipype import config as nipype_config
+    from nipype import logging as nipype_logging
+
+    from bids_qsm.workflows.base import init_bids_qsm_wf
+
+    exe = settings.execution
+    crash_dir = exe.log_dir / exe.run_uuid
+    nipype_config.update_config(
+        {
+            "execution": {
+                "crashdump_dir": str(crash_dir),
+                "crashfile_format": "txt",
+                "stop_on_first_crash": settings.nipype.stop_on_first_crash,
+                "remove_unnecessary_outputs": False,
+                "parameterize_dirs": False,
+            },
+            "monitoring": {"enabled": False},
+            "logging": {
+                "workflow_level": "INFO" if verbosity else "WARNING",
+                "interface_level": "WARNING",
+                "utils_level": "WARNING",
+            },
+        }
+    )
+    nipype_logging.update_logging(nipype_config)
+    workflow = init_bids_qsm_wf(settings, runs)
+    logger.info("processing %d run(s) in %s", len(runs), exe.work_dir)
+    try:
+        workflow.run(**settings.nipype.plugin_settings())
+    except Exception as err:  # noqa: BLE001 - Nipype raises plain RuntimeError on node failures
+        failures = _crash_summaries(crash_dir)
+        return failures or [f"processing failed: {err}"]
+    return []
+
+
+def _crash_summaries(crash_dir):
+    """One line per Nipype crash file: which node of which run failed, and the last error line."""
+    lines = []
+    for crash in sorted(Path(crash_dir).glob("crash-*.txt")):
+        text = crash.read_text(errors="replace")
+        node = re.search(r"^Node: (\S+)", text, re.MULTILINE)
+        errors = [line for line in text.splitlines() if re.match(r"^\w*(Error|Exception)\b", line)]
+        reason = errors[-1] if errors else "see crash file"
+        lines.append(f"{node[1] if node else crash.name} failed: {reason} (details: {crash})")
+    return lines
+
+
+def _error(message):
+    print(f"bids_qsm: error: {message}", file=sys.stderr)
+
+
+def _setup_logging(verbosity):
+    """Our messages at INFO (DEBUG with -vv); Nipype's own chatter only with -v."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO)
+    logger.propagate = False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

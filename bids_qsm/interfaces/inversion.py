@@ -1,0 +1,97 @@
+"""Interfaces of the inversion half of a run: background removal, dipole inversion, reference."""
+
+import numpy as np
+from nipype.interfaces.base import File, SimpleInterface, traits
+
+from bids_qsm.interfaces.fieldmap import _StageInputSpec, _StageOutputSpec
+from bids_qsm.interfaces.nifti import geometry, load, load_mask, run_stage, save_like
+from bids_qsm.qsm.background import BACKGROUND
+from bids_qsm.qsm.invert import INVERSIONS
+from bids_qsm.qsm.reference import REFERENCES
+from bids_qsm.qsm.units import hz_to_ppm
+
+
+class _BackgroundInputSpec(_StageInputSpec):
+    field = File(exists=True, mandatory=True, desc="total field (Hz)")
+    mask = File(exists=True, mandatory=True, desc="brain mask")
+    field_strength = traits.Float(mandatory=True, desc="B0 (T)")
+    method = traits.Enum(*BACKGROUND, usedefault=True, desc="background field removal")
+
+
+class _BackgroundOutputSpec(_StageOutputSpec):
+    mask = File(exists=True, desc="mask the local field is valid on")
+
+
+class RemoveBackground(SimpleInterface):
+    """Local (tissue) field in ppm from the total field in Hz."""
+
+    input_spec = _BackgroundInputSpec
+    output_spec = _BackgroundOutputSpec
+
+    def _run_interface(self, runtime):
+        field_hz, ref = load(self.inputs.field)
+        (local, valid), params = run_stage(
+            BACKGROUND[self.inputs.method],
+            hz_to_ppm(field_hz, self.inputs.field_strength),
+            load_mask(self.inputs.mask),
+            data=geometry(ref), params=self.inputs.params, nthreads=self.inputs.omp_nthreads,
+        )  # fmt:skip
+        if not valid.any():
+            raise RuntimeError(
+                f"{self.inputs.method} eroded the whole mask: the brain is too small"
+            )
+        self._results["out_file"] = save_like(ref, local, runtime.cwd, "local_field_ppm")
+        self._results["mask"] = save_like(ref, valid, runtime.cwd, "mask", dtype=np.uint8)
+        self._results["params"] = {"method": self.inputs.method, **params}
+        return runtime
+
+
+class _InvertInputSpec(_StageInputSpec):
+    local_field = File(exists=True, mandatory=True, desc="local field (ppm)")
+    mask = File(exists=True, mandatory=True, desc="mask the field is valid on")
+    method = traits.Enum(*INVERSIONS, usedefault=True, desc="dipole inversion")
+
+
+class Invert(SimpleInterface):
+    """Dipole inversion of a local field map into susceptibility (ppm)."""
+
+    input_spec = _InvertInputSpec
+    output_spec = _StageOutputSpec
+
+    def _run_interface(self, runtime):
+        field, ref = load(self.inputs.local_field)
+        grid = geometry(ref)
+        chi, params = run_stage(
+            INVERSIONS[self.inputs.method], field, load_mask(self.inputs.mask),
+            data=grid, params=self.inputs.params, nthreads=self.inputs.omp_nthreads,
+        )  # fmt:skip
+        self._results["out_file"] = save_like(ref, chi, runtime.cwd, "chi")
+        self._results["params"] = {
+            "method": self.inputs.method,
+            **params,
+            "b0_direction": list(grid["b0_dir"]),
+        }
+        return runtime
+
+
+class _ReferenceInputSpec(_StageInputSpec):
+    chimap = File(exists=True, mandatory=True, desc="susceptibility (ppm)")
+    mask = File(exists=True, mandatory=True, desc="mask of the map")
+    method = traits.Enum(*REFERENCES, usedefault=True, desc="reference region")
+
+
+class Reference(SimpleInterface):
+    """Susceptibility relative to a reference region."""
+
+    input_spec = _ReferenceInputSpec
+    output_spec = _StageOutputSpec
+
+    def _run_interface(self, runtime):
+        chi, ref = load(self.inputs.chimap)
+        chi, params = run_stage(
+            REFERENCES[self.inputs.method], chi, load_mask(self.inputs.mask),
+            data={"labels": None}, params=self.inputs.params,
+        )  # fmt:skip
+        self._results["out_file"] = save_like(ref, chi, runtime.cwd, "chi_referenced")
+        self._results["params"] = {"method": self.inputs.method, **params}
+        return runtime

@@ -1,0 +1,1 @@
+"""The numerical library: numpy arrays in, arrays out; no nipype, no files, no settings."""

@@ -1,0 +1,155 @@
+"""Dipole inversion: local field (ppm) -> susceptibility (ppm).
+
+The local field is the convolution of the susceptibility with the unit dipole,
+f = D * chi, D(k) = 1/3 - (k.b)^2/|k|^2 (field = +D*chi, see `dipole.py`). D vanishes on the
+magic-angle cone, so every method regularises:
+
+- `tgv`: total generalised variation of second order with a Laplacian data term, solved by a
+  primal-dual method on the mask (Langkammer et al. 2015; Bredies ISMRM 2014); see `tgv.py`.
+- `tikhonov`: closed-form L2 solution with a gradient (or identity) penalty (Bilgic et al. 2014).
+- `tkd`: truncated k-space division (Shmueli et al. 2009; Wharton et al. 2010).
+- `tv`: L1 total variation, ADMM with closed-form Fourier updates (Bilgic et al. 2014).
+
+All methods share `f(local_field_ppm, mask, *, voxel_size, b0_dir, <options>) -> chi_ppm`:
+float32, 0 outside the mask, computed on the mask's bounding box padded with zeros for the FFT.
+"""
+
+import logging
+import math
+
+import numpy as np
+import scipy.fft
+
+from .dipole import dipole_kernel, kspace_grid
+
+logger = logging.getLogger(__name__)
+
+
+class _Box:
+    """The mask's bounding box plus `pad` voxels per side (zeros beyond the grid), FFT-friendly."""
+
+    def __init__(self, mask, pad):
+        self.grid_shape = mask.shape
+        idx = np.nonzero(mask)
+        if idx[0].size == 0:
+            raise ValueError("the mask is empty")
+        lo = [int(i.min()) for i in idx]
+        hi = [int(i.max()) + 1 for i in idx]
+        pad = np.broadcast_to(np.asarray(pad, dtype=int), (3,))
+        self.src = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        self.shape = tuple(
+            scipy.fft.next_fast_len(b - a + 2 * p, real=True)
+            for a, b, p in zip(lo, hi, pad, strict=True)
+        )
+        # The box sits with `pad` zeros before it; next_fast_len adds the rest after it.
+        self.dst = tuple(slice(p, p + b - a) for a, b, p in zip(lo, hi, pad, strict=True))
+
+    def crop(self, volume, dtype=np.float32):
+        out = np.zeros(self.shape, dtype=dtype)
+        out[self.dst] = volume[self.src]
+        return out
+
+    def paste(self, boxed, mask):
+        out = np.zeros(self.grid_shape, dtype=np.float32)
+        out[self.src] = boxed[self.dst]
+        out[~mask] = 0.0
+        return out
+
+
+def _checked(field_ppm, mask, voxel_size, b0_dir):
+    field = np.asarray(field_ppm, dtype=np.float32)
+    mask = np.asarray(mask, dtype=bool)
+    if field.shape != mask.shape or field.ndim != 3:
+        raise ValueError(f"field {field.shape} and mask {mask.shape} must be the same 3-D grid")
+    voxel_size = tuple(float(v) for v in voxel_size)
+    b = np.asarray(b0_dir, dtype=float)
+    return field, mask, voxel_size, b / np.linalg.norm(b)
+
+
+def _fft_pad(mask, fraction=0.25, minimum=8):
+    """Zero padding (voxels per side): a quarter of the box keeps the periodic wrap-around of
+    the deconvolved dipole fields away from the brain at a modest FFT cost."""
+    idx = np.nonzero(mask)
+    if idx[0].size == 0:
+        raise ValueError("the mask is empty")
+    return tuple(max(minimum, int(math.ceil(fraction * (i.max() - i.min() + 1)))) for i in idx)
+
+
+def _rfftn(x):
+    return scipy.fft.rfftn(x, workers=-1)
+
+
+def _irfftn(x, shape):
+    return scipy.fft.irfftn(x, s=shape, workers=-1).astype(np.float32)
+
+
+def _half(kernel):
+    return kernel[..., : kernel.shape[2] // 2 + 1]
+
+
+def _gradient_power(shape, voxel_size):
+    """|G(k)|^2 (1/mm^2) of the forward-difference gradient on an FFT grid (rfft half)."""
+    k = kspace_grid(shape, voxel_size)
+    out = 0.0
+    for ki, h in zip(k, voxel_size, strict=True):
+        out = out + (2.0 - 2.0 * np.cos(2.0 * np.pi * ki * h)) / h**2
+    return _half(np.asarray(out, dtype=np.float32) + np.zeros(shape, dtype=np.float32))
+
+
+def tkd(local_field_ppm, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), threshold=0.19):
+    """Truncated k-space division: chi = F^-1[F(f) / D_t] (ppm).
+
+    local_field_ppm: local (tissue) field, ppm; mask: bool; voxel_size: mm; b0_dir: unit B0
+    vector in voxel axes. Where |D| < `threshold` the kernel is replaced by threshold*sign(D)
+    (the k = 0 term, D = 0, is set to zero: the mean of chi is not determined by the field).
+    No correction of the resulting underestimation is applied. Returns chi (ppm), float32,
+    0 outside the mask.
+    """
+    field, mask, voxel_size, b = _checked(local_field_ppm, mask, voxel_size, b0_dir)
+    box = _Box(mask, _fft_pad(mask))
+    kernel = _half(dipole_kernel(box.shape, voxel_size, b))
+    small = np.abs(kernel) < threshold
+    truncated = np.where(small, np.where(kernel < 0, -threshold, threshold), kernel)
+    inverse = (1.0 / truncated).astype(np.float32)
+    inverse[0, 0, 0] = 0.0
+    chi = _irfftn(_rfftn(box.crop(field * mask)) * inverse, box.shape)
+    return box.paste(chi, mask)
+
+
+def tikhonov(
+    local_field_ppm,
+    mask,
+    *,
+    voxel_size,
+    b0_dir=(0.0, 0.0, 1.0),
+    regularization=0.05,
+    penalty="gradient",
+):
+    """Closed-form Tikhonov inversion: argmin ||D chi - f||^2 + lambda ||G chi||^2 (ppm).
+
+    local_field_ppm: local field, ppm; mask: bool; voxel_size: mm; b0_dir: unit B0 vector in
+    voxel axes. `penalty` "gradient" uses forward differences (G in 1/mm, so `regularization`
+    lambda is in mm^2 and its effect does not depend on the grid's voxel size); "identity" uses
+    G = 1 (lambda dimensionless). chi = F^-1[D F(f) / (D^2 + lambda |G|^2)], with the
+    undetermined k = 0 term set to zero. Returns chi (ppm), float32, 0 outside the mask.
+    """
+    field, mask, voxel_size, b = _checked(local_field_ppm, mask, voxel_size, b0_dir)
+    box = _Box(mask, _fft_pad(mask))
+    kernel = _half(dipole_kernel(box.shape, voxel_size, b))
+    if penalty == "gradient":
+        power = _gradient_power(box.shape, voxel_size)
+    elif penalty == "identity":
+        power = np.float32(1.0)
+    else:
+        raise ValueError(f"penalty must be 'gradient' or 'identity', not {penalty!r}")
+    denominator = kernel**2 + np.float32(regularization) * power
+    inverse = np.divide(kernel, denominator, out=np.zeros_like(kernel), where=denominator > 0)
+    inverse[0, 0, 0] = 0.0
+    chi = _irfftn(_rfftn(box.crop(field * mask)) * inverse, box.shape)
+    return box.paste(chi, mask)
+
+
+INVERSIONS = {
+    "tkd": tkd,
+    "tikhonov": tikhonov,
+}

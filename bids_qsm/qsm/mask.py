@@ -1,0 +1,130 @@
+"""Brain masks from multi-echo magnitude (and phase): bool (X, Y, Z).
+
+- `otsu`: Otsu's threshold on the root-sum-of-squares magnitude over echoes.
+- `threshold`: a multiple of the background noise level (from the darkest voxels), for images
+  where Otsu's two-class split cuts into dark tissue.
+- `phase_quality`: the `otsu` mask refined by a ROMEO-style voxel quality (local agreement of
+  phase gradients between echoes and spatial phase coherence), which drops voxels whose phase is
+  noise (skull, sinus voids) while the smooth phase of veins and deep grey matter passes.
+
+Every method keeps the largest connected component, fills holes (in 3-D and slice by slice, so
+ventricles and dark veins stay inside) and optionally erodes by `erode_mm` (a distance in mm,
+so anisotropic voxels erode by the same physical depth).
+"""
+
+import logging
+
+import numpy as np
+from scipy import ndimage
+from skimage.filters import threshold_otsu
+
+logger = logging.getLogger(__name__)
+
+
+def _as4d(array):
+    array = np.asarray(array, dtype=np.float32)
+    return array[..., None] if array.ndim == 3 else array
+
+
+def rss(magnitude4d):
+    """Root-sum-of-squares over echoes of a (X, Y, Z[, N]) magnitude, float32 (NaN -> 0)."""
+    mag = np.nan_to_num(_as4d(magnitude4d), nan=0.0, posinf=0.0, neginf=0.0)
+    return np.sqrt(np.sum(mag.astype(np.float32) ** 2, axis=-1))
+
+
+def background_level(magnitude):
+    """RMS of the darkest 20 % of the nonzero voxels of a magnitude image (its noise floor).
+
+    In a head scan these are background voxels, so this is proportional to the noise sigma
+    (sqrt(2) sigma for one Rayleigh channel). Returns 0 when no voxel is nonzero.
+    """
+    values = magnitude[magnitude > 0]
+    if values.size == 0:
+        return 0.0
+    low = values[values <= np.percentile(values, 20)]
+    return float(np.sqrt(np.mean(low.astype(np.float64) ** 2)))
+
+
+def _clean(mask, voxel_size, erode_mm, fill_holes=True):
+    """Largest connected component, hole filling (3-D and per slice), erosion by `erode_mm`."""
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        logger.warning("mask is empty")
+        return mask.astype(bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    mask = labels == np.argmax(sizes)
+    if fill_holes:
+        mask = ndimage.binary_fill_holes(mask)
+        for axis in range(3):
+            mask |= _fill_slices(mask, axis)
+    if erode_mm > 0:
+        # Distance from the outside, in mm: erosion by a physical depth whatever the voxel shape.
+        depth = ndimage.distance_transform_edt(mask, sampling=voxel_size)
+        mask = depth > erode_mm
+    return mask
+
+
+def _fill_slices(mask, axis):
+    filled = np.empty_like(mask)
+    for i in range(mask.shape[axis]):
+        index = [slice(None)] * 3
+        index[axis] = i
+        filled[tuple(index)] = ndimage.binary_fill_holes(mask[tuple(index)])
+    return filled
+
+
+def otsu(magnitude4d, *, voxel_size, phase=None, te=None, erode_mm=0.0, factor=1.0):
+    """Otsu mask of the root-sum-of-squares magnitude (bool, 3-D).
+
+    magnitude4d: (X, Y, Z, N) or (X, Y, Z) magnitude (any units); voxel_size: mm; phase and te
+    are unused (common signature). The threshold is Otsu's times `factor`; then the largest
+    connected component, hole filling and erosion by `erode_mm` (mm).
+    """
+    image = rss(magnitude4d)
+    if not np.any(image > 0):
+        return np.zeros(image.shape, dtype=bool)
+    # Otsu on the square root: magnitude is skewed (bright fat, vessels), and the root evens out
+    # the two classes so that the split lands between noise and tissue, not inside tissue.
+    level = threshold_otsu(np.sqrt(image[image > 0])) ** 2
+    return _clean(image > factor * level, voxel_size, erode_mm)
+
+
+def threshold(magnitude4d, *, voxel_size, phase=None, te=None, erode_mm=0.0, snr=5.0):
+    """Mask of voxels brighter than `snr` times the background level (bool, 3-D).
+
+    magnitude4d: (X, Y, Z, N) or (X, Y, Z); voxel_size: mm; phase and te unused. The level of
+    the root-sum-of-squares image comes from `background_level`. The threshold never exceeds
+    Otsu's, so that an image without background (a crop, zero-filled or skull-stripped data,
+    whose darkest voxels are tissue) is not cut into.
+    """
+    image = rss(magnitude4d)
+    if not np.any(image > 0):
+        return np.zeros(image.shape, dtype=bool)
+    level = min(snr * background_level(image), threshold_otsu(np.sqrt(image[image > 0])) ** 2)
+    return _clean(image > level, voxel_size, erode_mm)
+
+
+def phase_quality(magnitude4d, *, voxel_size, phase=None, te=None, erode_mm=0.0, min_quality=0.3):
+    """Otsu mask refined by phase quality (bool, 3-D).
+
+    phase: wrapped phase (rad), (X, Y, Z, N); te: echo times (s). A voxel's quality is the
+    mean over its 6 neighbours of the ROMEO edge weight (`bids_qsm.qsm.unwrap.edge_weights`:
+    phase coherence, multi-echo gradient coherence, magnitude coherence); voxels whose quality,
+    smoothed over about 3 mm, is below `min_quality` (0..1) are dropped before the connected
+    component and hole filling. Without phase this is `otsu`.
+    """
+    base = otsu(magnitude4d, voxel_size=voxel_size, erode_mm=0.0)
+    if phase is None:
+        return _clean(base, voxel_size, erode_mm) if erode_mm > 0 else base
+    from .unwrap import voxel_quality
+
+    quality = voxel_quality(phase, magnitude=magnitude4d, te=te)
+    sigma = 1.5 / np.asarray(voxel_size, dtype=float)
+    quality = ndimage.gaussian_filter(quality, sigma)
+    # Hole filling may restore enclosed low-quality voxels (veins), never beyond the Otsu mask.
+    refined = _clean(base & (quality >= min_quality), voxel_size, 0.0) & base
+    return _clean(refined, voxel_size, erode_mm, fill_holes=False) if erode_mm > 0 else refined
+
+
+MASKS = {"otsu": otsu, "threshold": threshold, "phase-quality": phase_quality}

@@ -1,0 +1,118 @@
+"""Phase ingest: vendor scaling -> radians, sign convention, real/imaginary -> magnitude/phase.
+
+BIDS phase images come as radians (`Units: rad`) or as "arbitrary" numbers; Siemens stores
+12-bit integers, either 0..4095 (radians = v / 4095 * 2 pi - pi) or -4096..4095
+(radians = v * pi / 4096). Anything else in arbitrary units is rescaled from its stored range
+(min..max -> -pi..pi) with a logged warning, since the mapping is a guess. Non-finite voxels
+(NaN, Inf) are missing data: they become 0, never random values, and `finite_mask` tells the
+caller where they were.
+"""
+
+import logging
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+PHASE_UNITS = ("auto", "rad", "arbitrary")
+PHASE_SIGNS = (1, -1)
+
+# Siemens 12-bit phase: both ranges span 4096 codes = one full turn.
+_SIEMENS_UNSIGNED = (0.0, 4095.0)
+_SIEMENS_SIGNED = (-4096.0, 4095.0)
+_RAD_TOLERANCE = 1e-3  # rad; float round-off of a converter writing +-pi
+
+
+def wrap(phase):
+    """Wrap phase (rad) into [-pi, pi), float32."""
+    phase = np.asarray(phase, dtype=np.float32)
+    return (np.mod(phase + np.pi, 2 * np.pi) - np.pi).astype(np.float32)
+
+
+def finite_mask(*arrays):
+    """True where every array is finite (NaN/Inf are missing data); arrays broadcast together."""
+    out = np.ones(np.broadcast_shapes(*(np.shape(a) for a in arrays)), dtype=bool)
+    for a in arrays:
+        out &= np.isfinite(a)
+    return out
+
+
+def _siemens_range(values, lo, hi):
+    """Whether finite `values` are integers inside the Siemens code range [lo, hi]."""
+    vmin, vmax = float(values.min()), float(values.max())
+    # A real phase image spans most of the turn; a handful of codes is not Siemens scaling.
+    return vmin >= lo and vmax <= hi and vmax - vmin > 2048 and np.all(values == np.round(values))
+
+
+def scale_phase(phase, *, units="auto"):
+    """Phase image in any BIDS convention -> float32 radians in [-pi, pi).
+
+    phase: array of any shape; units: "rad" (wrap only), "arbitrary" (Siemens integer ranges
+    0..4095 and -4096..4095 are recognised and converted exactly; anything else is rescaled
+    min..max -> -pi..pi with a warning) or "auto" (radians when every value lies in [-pi, pi],
+    otherwise as "arbitrary"). NaN/Inf voxels become 0 (missing; see `finite_mask`).
+
+    >>> scale_phase(np.array([0, 2048, 4095]), units="arbitrary").round(3).tolist()
+    [-3.142, 0.0, -3.142]
+    """
+    if units not in PHASE_UNITS:
+        raise ValueError(f"phase units must be one of {PHASE_UNITS}, not {units!r}")
+    phase = np.asarray(phase)
+    finite = finite_mask(phase)
+    values = phase[finite].astype(np.float64)
+    out = np.zeros(phase.shape, dtype=np.float32)
+    if values.size == 0:
+        logger.warning("phase image has no finite values; using 0 rad everywhere")
+        return out
+    if not finite.all():
+        logger.warning("phase image has %d non-finite voxels; set to 0 rad", (~finite).sum())
+
+    if units == "auto":
+        in_rad = values.min() >= -np.pi - _RAD_TOLERANCE and values.max() <= np.pi + _RAD_TOLERANCE
+        units = "rad" if in_rad else "arbitrary"
+        if in_rad and np.ptp(values) < np.pi:
+            logger.warning(
+                "phase spans only %.3g rad; read as radians (pass units='arbitrary' if it is not)",
+                np.ptp(values),
+            )
+
+    if units == "rad":
+        radians = values
+    elif _siemens_range(values, *_SIEMENS_UNSIGNED):
+        radians = values / 4095.0 * 2 * np.pi - np.pi
+    elif _siemens_range(values, *_SIEMENS_SIGNED):
+        radians = values * np.pi / 4096.0
+    else:
+        vmin, vmax = values.min(), values.max()
+        logger.warning(
+            "phase in arbitrary units rescaled from its stored range [%.6g, %.6g] to [-pi, pi]",
+            vmin,
+            vmax,
+        )
+        span = vmax - vmin if vmax > vmin else 1.0
+        radians = (values - vmin) / span * 2 * np.pi - np.pi
+    out[finite] = wrap(radians)
+    return out
+
+
+def apply_phase_sign(phase, sign=1):
+    """Multiply phase (rad) by `sign` (+1 or -1) for scanners with the opposite convention.
+
+    Our convention: a positive (paramagnetic) field makes phase grow with echo time.
+    """
+    if sign not in PHASE_SIGNS:
+        raise ValueError(f"phase sign must be +1 or -1, not {sign!r}")
+    phase = np.asarray(phase, dtype=np.float32)
+    return phase if sign == 1 else wrap(-phase)
+
+
+def complex_to_polar(real, imag):
+    """Real and imaginary parts (any units) -> (magnitude, phase in rad [-pi, pi)), float32.
+
+    Non-finite voxels become magnitude 0 and phase 0.
+    """
+    real = np.asarray(real, dtype=np.float32)
+    imag = np.asarray(imag, dtype=np.float32)
+    finite = finite_mask(real, imag)
+    z = np.where(finite, real + 1j * imag, 0).astype(np.complex64)
+    return np.abs(z).astype(np.float32), wrap(np.angle(z))

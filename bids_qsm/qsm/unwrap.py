@@ -1,0 +1,356 @@
+"""Phase unwrapping of multi-echo phase (rad), (X, Y, Z, N) -> (X, Y, Z, N) float32.
+
+Both methods unwrap two images in space and the rest in time:
+
+1. the first echo, and the wrapped difference of the first two echoes (phase offsets from the
+   receive chain cancel in the difference, so it is the smooth image 2 pi f (TE2 - TE1));
+   echo 2 = echo 1 + difference, so the two are consistent voxel by voxel;
+2. each later echo n is brought to the multiple of 2 pi nearest to the prediction of a
+   magnitude^2-weighted linear fit (phase = a + b TE) over echoes 1..n-1, which handles unequal
+   echo spacing and any smooth phase offset.
+
+Spatial methods:
+
+- `laplacian`: least-squares unwrapping via the Laplacian of the phase, computed from wrapped
+  finite differences (exact wherever neighbours differ by less than pi; the discrete form of
+  the sin/cos trick of Schofield & Zhu 2003) and inverted with a DCT Poisson solver (Ghiglia &
+  Romero 1994). The least-squares phase is only defined up to a smooth error, so the result is
+  re-snapped onto the data: unwrapped = wrapped + 2 pi round((ls - wrapped) / 2 pi), which keeps
+  it congruent to the measurement.
+- `romeo`: quality-guided region growing (Dymerska et al. 2021). Every edge between neighbours
+  gets a quality, the product of (0.1 + 0.9 c) over phase coherence, multi-echo gradient
+  coherence, phase linearity and magnitude coherence (min/max)^2; the best edges are followed
+  first from a high-quality seed, with a 256-bin bucket queue (numba).
+
+Both work on the mask's bounding box; the result is 0 outside the mask. The mean over the mask
+of echo 1 and of the echo difference is placed in [-pi, pi): a global multiple of 2 pi cannot be
+known from phase alone (it is a constant field of 1 / (TE2 - TE1) Hz, harmonic, and removed by
+background field removal).
+"""
+
+import logging
+import math
+
+import numpy as np
+import scipy.fft
+from numba import njit, prange
+
+logger = logging.getLogger(__name__)
+
+TWO_PI = 2 * np.pi
+_NBINS = 256
+
+
+def _wrap(phase):
+    return (np.mod(phase + np.pi, TWO_PI) - np.pi).astype(np.float32)
+
+
+def _bbox(mask, margin=1):
+    """Slices of the bounding box of `mask` grown by `margin` voxels (inside the grid)."""
+    index = np.nonzero(mask)
+    return tuple(
+        slice(max(int(i.min()) - margin, 0), min(int(i.max()) + margin + 1, n))
+        for i, n in zip(index, mask.shape, strict=True)
+    )
+
+
+def _checked(phase4d, magnitude, mask, te):
+    phase = np.asarray(phase4d, dtype=np.float32)
+    if phase.ndim == 3:
+        phase = phase[..., None]
+    if magnitude is None:
+        magnitude = np.ones(phase.shape, dtype=np.float32)
+    magnitude = np.asarray(magnitude, dtype=np.float32)
+    if magnitude.ndim == 3:
+        magnitude = magnitude[..., None]
+    if magnitude.shape != phase.shape:
+        raise ValueError(f"magnitude {magnitude.shape} and phase {phase.shape} differ in shape")
+    mask = np.ones(phase.shape[:3], dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    te = np.atleast_1d(np.asarray(te, dtype=np.float64))
+    if te.size != phase.shape[3]:
+        raise ValueError(f"{te.size} echo times for {phase.shape[3]} echoes")
+    finite = np.isfinite(phase) & np.isfinite(magnitude)
+    phase = np.where(finite, phase, 0).astype(np.float32)
+    magnitude = np.where(finite, magnitude, 0).astype(np.float32)
+    return phase, magnitude, mask, te
+
+
+def _center(unwrapped, mask):
+    """Shift by the multiple of 2 pi that puts the mean over the mask in [-pi, pi)."""
+    mean = float(np.mean(unwrapped[mask])) if mask.any() else 0.0
+    return unwrapped - np.float32(TWO_PI * np.floor((mean + np.pi) / TWO_PI))
+
+
+def _multi_echo(spatial, phase4d, magnitude, mask, te):
+    """Unwrap echo 1 and the echo 1-2 difference with `spatial`, later echoes in time."""
+    phase, magnitude, mask, te = _checked(phase4d, magnitude, mask, te)
+    out = np.zeros(phase.shape, dtype=np.float32)
+    if not mask.any():
+        return out
+    box = _bbox(mask)
+    p, m, k = phase[box], magnitude[box], mask[box]
+    result = np.zeros(p.shape, dtype=np.float32)
+    second = p[..., 1] if p.shape[3] > 1 else None
+    result[..., 0] = _center(spatial(p[..., 0], m[..., 0], k, second, te), k)
+    if p.shape[3] > 1:
+        diff = _wrap(p[..., 1] - p[..., 0])
+        # The difference's magnitude is the weaker echo's (its noise dominates the difference).
+        dmag = np.minimum(m[..., 0], m[..., 1])
+        result[..., 1] = result[..., 0] + _center(spatial(diff, dmag, k, None, te), k)
+    if p.shape[3] > 2:
+        _temporal(result, p, m, k, te.astype(np.float32))
+    result *= k[..., None]
+    out[box] = result
+    return out
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _temporal(result, phase, magnitude, mask, te):
+    """Echoes 2.. of `result` <- phase + 2 pi k nearest the fit over the echoes before them."""
+    nx, ny, nz, ne = phase.shape
+    for x in prange(nx):
+        for y in range(ny):
+            for z in range(nz):
+                if not mask[x, y, z]:
+                    continue
+                for n in range(2, ne):
+                    s = sx = sxx = sy = sxy = 0.0
+                    for j in range(n):
+                        w = magnitude[x, y, z, j] ** 2 + 1e-12
+                        s += w
+                        sx += w * te[j]
+                        sxx += w * te[j] * te[j]
+                        sy += w * result[x, y, z, j]
+                        sxy += w * te[j] * result[x, y, z, j]
+                    det = s * sxx - sx * sx
+                    slope = (s * sxy - sx * sy) / det
+                    intercept = (sy - slope * sx) / s
+                    predicted = intercept + slope * te[n]
+                    value = phase[x, y, z, n]
+                    result[x, y, z, n] = value + 2 * np.pi * round(
+                        (predicted - value) / (2 * np.pi)
+                    )
+
+
+# --------------------------------------------------------------------------------------------
+# Laplacian (least-squares) unwrapping
+
+
+def _laplacian_spatial(phase, magnitude, mask, second, te, voxel_size=(1.0, 1.0, 1.0)):
+    """Least-squares unwrapped phase (rad) of one 3-D wrapped image, snapped to the data."""
+    h2 = 1.0 / np.asarray(voxel_size, dtype=np.float64) ** 2
+    rhs = np.zeros(phase.shape, dtype=np.float32)
+    for axis in range(3):
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        lo, hi = tuple(lo), tuple(hi)
+        # Wrapped forward differences, zero across the mask border: noise outside the mask does
+        # not leak in, and the solution there is a smooth fill-in (Neumann at the border).
+        grad = _wrap(phase[hi] - phase[lo]) * (mask[hi] & mask[lo]) * np.float32(h2[axis])
+        rhs[lo] += grad
+        rhs[hi] -= grad
+    spectrum = scipy.fft.dctn(rhs, type=2, workers=-1)
+    eig = np.zeros(phase.shape, dtype=np.float64)
+    for axis, n in enumerate(phase.shape):
+        shape = [1, 1, 1]
+        shape[axis] = n
+        lam = (2 * np.cos(np.pi * np.arange(n) / n) - 2) * h2[axis]
+        eig = eig + lam.reshape(shape)
+    eig[0, 0, 0] = 1.0
+    spectrum = spectrum / eig
+    spectrum[0, 0, 0] = 0.0
+    smooth = scipy.fft.idctn(spectrum, type=2, workers=-1).astype(np.float32)
+    return phase + np.float32(TWO_PI) * np.round((smooth - phase) / np.float32(TWO_PI))
+
+
+def laplacian(phase4d_rad, *, magnitude=None, mask=None, te, voxel_size=(1.0, 1.0, 1.0)):
+    """Laplacian (least-squares, DCT) unwrapping of multi-echo phase.
+
+    phase4d_rad: wrapped phase (rad), (X, Y, Z, N) or (X, Y, Z); magnitude: same shape (any
+    units; weights the temporal step); mask: bool (X, Y, Z); te: echo times (s); voxel_size: mm.
+    Returns unwrapped phase (rad), float32, 0 outside the mask, congruent to the input.
+    """
+
+    def spatial(p, m, k, second, te_):
+        return _laplacian_spatial(p, m, k, second, te_, voxel_size)
+
+    return _multi_echo(spatial, phase4d_rad, magnitude, mask, te)
+
+
+# --------------------------------------------------------------------------------------------
+# ROMEO-style quality-guided region growing
+
+
+@njit(inline="always")
+def _wrapf(x):
+    return x - 2 * np.pi * math.floor((x + np.pi) / (2 * np.pi))
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _edge_bins(phase, second, ratio, use_second, magnitude, mask):
+    """Edge costs (uint8): 0 = no edge; 1 (best) .. 255 (worst), for +x, +y, +z neighbours.
+
+    quality = prod(0.1 + 0.9 c) over phase coherence 1 - |dphi|/pi, gradient coherence with
+    the second image 1 - |dphi - dphi2 * ratio| (ratio = TE1/TE2), phase linearity (second
+    differences along the edge at both ends) and magnitude coherence (min/max)^2.
+    """
+    nx, ny, nz = phase.shape
+    bins = np.zeros((3, nx, ny, nz), dtype=np.uint8)
+    for x in prange(nx):
+        for y in range(ny):
+            for z in range(nz):
+                if not mask[x, y, z]:
+                    continue
+                for d in range(3):
+                    dx, dy, dz = (1, 0, 0) if d == 0 else ((0, 1, 0) if d == 1 else (0, 0, 1))
+                    x1, y1, z1 = x + dx, y + dy, z + dz
+                    if x1 >= nx or y1 >= ny or z1 >= nz or not mask[x1, y1, z1]:
+                        continue
+                    dphi = _wrapf(phase[x1, y1, z1] - phase[x, y, z])
+                    q = 0.1 + 0.9 * (1 - abs(dphi) / np.pi)
+                    if use_second:
+                        d2 = _wrapf(second[x1, y1, z1] - second[x, y, z])
+                        q *= 0.1 + 0.9 * max(0.0, 1 - abs(dphi - d2 * ratio))
+                    lin = 1.0
+                    x0, y0, z0 = x - dx, y - dy, z - dz
+                    if x0 >= 0 and y0 >= 0 and z0 >= 0 and mask[x0, y0, z0]:
+                        back = _wrapf(phase[x, y, z] - phase[x0, y0, z0])
+                        lin *= max(0.0, 1 - abs(_wrapf(dphi - back)) / np.pi)
+                    x2, y2, z2 = x1 + dx, y1 + dy, z1 + dz
+                    if x2 < nx and y2 < ny and z2 < nz and mask[x2, y2, z2]:
+                        ahead = _wrapf(phase[x2, y2, z2] - phase[x1, y1, z1])
+                        lin *= max(0.0, 1 - abs(_wrapf(ahead - dphi)) / np.pi)
+                    q *= 0.1 + 0.9 * lin
+                    m0, m1 = magnitude[x, y, z], magnitude[x1, y1, z1]
+                    big = max(m0, m1)
+                    c = (min(m0, m1) / big) ** 2 if big > 0 else 0.0
+                    q *= 0.1 + 0.9 * c
+                    bins[d, x, y, z] = 1 + int(254 * (1 - q))
+    return bins
+
+
+@njit(cache=True)
+def _grow(phase, bins, mask):
+    """Unwrap `phase` in place along the best edges first, from the best seeds (bucket queue)."""
+    nx, ny, nz = phase.shape
+    stride = (ny * nz, nz, 1)
+    flat = phase.ravel()
+    inside = mask.ravel()
+    cost = bins.reshape(3, nx * ny * nz)
+    nvox = nx * ny * nz
+    visited = np.zeros(nvox, dtype=np.bool_)
+    capacity = 0
+    for d in range(3):
+        for v in range(nvox):
+            if cost[d, v] > 0:
+                capacity += 1
+    item = np.empty(capacity + 1, dtype=np.int64)
+    nxt = np.empty(capacity + 1, dtype=np.int64)
+    head = np.full(_NBINS, -1, dtype=np.int64)
+
+    # Seed score: summed quality of a voxel's edges; seeds are taken best first.
+    score = np.zeros(nvox, dtype=np.int64)
+    for d in range(3):
+        for v in range(nvox):
+            c = cost[d, v]
+            if c > 0:
+                score[v] += 256 - c
+                score[v + stride[d]] += 256 - c
+    order = np.argsort(-score)
+
+    used = 0
+    for seed in order:
+        if not inside[seed] or visited[seed]:
+            continue
+        visited[seed] = True
+        current = _NBINS
+        v = seed
+        while True:
+            coords = (v // stride[0], (v // stride[1]) % ny, v % nz)
+            shape = (nx, ny, nz)
+            for d in range(3):
+                # Push edges from v to unvisited neighbours: +d and -d.
+                if coords[d] + 1 < shape[d]:
+                    c = cost[d, v]
+                    if c > 0 and not visited[v + stride[d]]:
+                        item[used] = v * 6 + d
+                        nxt[used] = head[c]
+                        head[c] = used
+                        used += 1
+                        current = min(current, c)
+                if coords[d] > 0:
+                    c = cost[d, v - stride[d]]
+                    if c > 0 and not visited[v - stride[d]]:
+                        item[used] = v * 6 + 3 + d
+                        nxt[used] = head[c]
+                        head[c] = used
+                        used += 1
+                        current = min(current, c)
+            # Pop the best edge whose far end is still unvisited.
+            v = -1
+            while current < _NBINS:
+                slot = head[current]
+                if slot < 0:
+                    current += 1
+                    continue
+                head[current] = nxt[slot]
+                source, d = item[slot] // 6, item[slot] % 6
+                target = source + stride[d] if d < 3 else source - stride[d - 3]
+                if visited[target]:
+                    continue
+                flat[target] -= 2 * np.pi * round((flat[target] - flat[source]) / (2 * np.pi))
+                visited[target] = True
+                v = target
+                break
+            if v < 0:
+                break
+    return visited.reshape(nx, ny, nz)
+
+
+def _romeo_spatial(phase, magnitude, mask, second, te):
+    ratio = float(te[0] / te[1]) if second is not None else 0.0
+    second = phase if second is None else second
+    bins = _edge_bins(phase, second, ratio, ratio > 0, magnitude, mask)
+    out = phase.copy()
+    _grow(out, bins, mask)
+    return out
+
+
+def romeo(phase4d_rad, *, magnitude=None, mask=None, te, voxel_size=(1.0, 1.0, 1.0)):
+    """ROMEO-style quality-guided unwrapping of multi-echo phase.
+
+    phase4d_rad: wrapped phase (rad), (X, Y, Z, N) or (X, Y, Z); magnitude: same shape (any
+    units); mask: bool (X, Y, Z); te: echo times (s); voxel_size: mm (unused: edge qualities are
+    dimensionless). Returns unwrapped phase (rad), float32, 0 outside the mask.
+    """
+    return _multi_echo(_romeo_spatial, phase4d_rad, magnitude, mask, te)
+
+
+def voxel_quality(phase4d, *, magnitude=None, te=None, mask=None):
+    """ROMEO voxel quality in [0, 1]: mean quality of the edges to the 6 neighbours.
+
+    phase4d: wrapped phase (rad), (X, Y, Z[, N]); magnitude: same shape; te: echo times (s),
+    needed for the gradient coherence with echo 2. Voxels at the grid border count missing
+    neighbours as quality 0.
+    """
+    nechoes = np.shape(phase4d)[3] if np.ndim(phase4d) == 4 else 1
+    if te is None:
+        te = np.arange(1, nechoes + 1, dtype=float)
+    phase, magnitude, mask, te = _checked(phase4d, magnitude, mask, te)
+    use_second = phase.shape[3] > 1
+    ratio = float(te[0] / te[1]) if use_second else 0.0
+    second = phase[..., 1] if use_second else phase[..., 0]
+    bins = _edge_bins(phase[..., 0], second, ratio, use_second, magnitude[..., 0], mask)
+    quality = np.where(bins > 0, 1 - (bins.astype(np.float32) - 1) / 254, 0).astype(np.float32)
+    total = quality.sum(axis=0)
+    for d in range(3):
+        index = [slice(None)] * 3
+        index[d] = slice(1, None)
+        lower = [slice(None)] * 3
+        lower[d] = slice(None, -1)
+        total[tuple(index)] += quality[d][tuple(lower)]
+    return total / 6
+
+
+UNWRAPPERS = {"laplacian": laplacian, "romeo": romeo}

@@ -1,0 +1,1 @@
+"""Workflow factories: they wire nodes; no numerics here."""

@@ -1,0 +1,157 @@
+"""The per-run graph: one multi-echo GRE acquisition -> field -> local field -> susceptibility."""
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+from niworkflows.engine.workflows import LiterateWorkflow as Workflow
+
+from bids_qsm.data import load_json
+from bids_qsm.interfaces.fieldmap import BrainMask, FitField, LoadEchoes, R2Star, Unwrap
+from bids_qsm.interfaces.inversion import Invert, Reference, RemoveBackground
+from bids_qsm.interfaces.metadata import Sidecars
+
+_INPUTS = ["magnitude", "phase", "real", "imag", "echo_times", "field_strength", "sources"]
+_OUTPUTS = [
+    "chimap", "mask", "r2star", "t2star", "field", "local_field",
+    "chimap_meta", "mask_meta", "relaxometry_meta",
+]  # fmt:skip
+
+
+def estimate_mem_gb(n_voxels, n_echoes):
+    """Peak memory (GB) of each stage's node for a grid of `n_voxels` and `n_echoes` echoes.
+
+    Counted in float32 volumes that a stage holds at once (inputs, outputs, FFT work arrays on
+    a padded bounding box), plus the interpreter and its libraries.
+    """
+    volume = n_voxels * 4 / 1e9
+    base = 0.4
+    return {
+        "phase_units": base + volume * 5 * n_echoes,
+        "mask": base + volume * (2 * n_echoes + 10),
+        "unwrap": base + volume * (3 * n_echoes + 30),
+        "combine": base + volume * (3 * n_echoes + 10),
+        "relaxometry": base + volume * (2 * n_echoes + 8),
+        "background": base + volume * 40,
+        "invert": base + volume * 30,
+        "reference": base + volume * 4,
+    }
+
+
+def init_qsm_wf(
+    *,
+    echo_times,
+    mem_gb,
+    omp_nthreads=1,
+    phase_units="auto",
+    sidecar_units="missing",
+    phase_sign=1,
+    mask_method="otsu",
+    unwrap_method="laplacian",
+    combine_method="linear",
+    relaxometry_method="loglinear",
+    background_method="vsharp",
+    inversion_method="tikhonov",
+    reference="mean",
+    name="qsm_wf",
+):
+    """Susceptibility, brain mask and R2*/T2* maps of one multi-echo GRE run.
+
+    echo_times: seconds, ascending (they only shape the description; the data arrive on
+    `inputnode.echo_times`); mem_gb: per-stage estimates from `estimate_mem_gb`;
+    sidecar_units: the phase sidecar's `Units` ("rad", "arbitrary" or "missing").
+    """
+    cites = load_json("citations.json")
+    workflow = Workflow(name=name)
+    n = len(echo_times)
+    workflow.__desc__ = (
+        f"The phase of {n} echo{'es' if n > 1 else ''} (TE = "
+        f"{', '.join(f'{1e3 * te:g}' for te in echo_times)} ms) was scaled to radians and "
+        f"a brain mask was computed with {cites['mask'][mask_method][0]}. The phase was unwrapped "
+        f"with {cites['unwrap'][unwrap_method][0]} and the field was estimated with "
+        f"{cites['combine'][combine_method][0]}. Background fields were removed with "
+        f"{cites['background'][background_method][0]}, and susceptibility was computed with "
+        f"{cites['inversion'][inversion_method][0]}, referenced to "
+        f"{cites['reference'][reference][0]}. R2* was fitted with "
+        f"{cites['relaxometry'][relaxometry_method][0]}."
+    )
+    threads = {"omp_nthreads": omp_nthreads}
+    inputnode = pe.Node(niu.IdentityInterface(fields=_INPUTS), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=_OUTPUTS), name="outputnode")
+
+    phase_units_node = pe.Node(
+        LoadEchoes(units=phase_units, sidecar_units=sidecar_units, sign=phase_sign),
+        name="phase_units",
+        mem_gb=mem_gb["phase_units"],
+    )
+    mask = pe.Node(
+        BrainMask(method=mask_method, **threads),
+        name="mask", mem_gb=mem_gb["mask"], n_procs=omp_nthreads,
+    )  # fmt:skip
+    unwrap = pe.Node(
+        Unwrap(method=unwrap_method, **threads),
+        name="unwrap", mem_gb=mem_gb["unwrap"], n_procs=omp_nthreads,
+    )  # fmt:skip
+    combine = pe.Node(
+        FitField(method=combine_method, **threads),
+        name="combine", mem_gb=mem_gb["combine"], n_procs=omp_nthreads,
+    )  # fmt:skip
+    relaxometry = pe.Node(
+        R2Star(method=relaxometry_method, **threads),
+        name="relaxometry", mem_gb=mem_gb["relaxometry"], n_procs=omp_nthreads,
+    )  # fmt:skip
+    background = pe.Node(
+        RemoveBackground(method=background_method, **threads),
+        name="background", mem_gb=mem_gb["background"], n_procs=omp_nthreads,
+    )  # fmt:skip
+    invert = pe.Node(
+        Invert(method=inversion_method, **threads),
+        name="invert", mem_gb=mem_gb["invert"], n_procs=omp_nthreads,
+    )  # fmt:skip
+    reference_node = pe.Node(
+        Reference(method=reference), name="reference", mem_gb=mem_gb["reference"]
+    )
+    sidecars = pe.Node(Sidecars(), name="sidecars", run_without_submitting=True)
+
+    workflow.connect([
+        (inputnode, phase_units_node, [
+            ("magnitude", "magnitude"), ("phase", "phase"), ("real", "real"), ("imag", "imag"),
+        ]),
+        (inputnode, mask, [("echo_times", "echo_times")]),
+        (phase_units_node, mask, [("magnitude", "magnitude"), ("phase", "phase")]),
+        (inputnode, unwrap, [("echo_times", "echo_times")]),
+        (phase_units_node, unwrap, [("magnitude", "magnitude"), ("phase", "phase")]),
+        (mask, unwrap, [("out_file", "mask")]),
+        (inputnode, combine, [("echo_times", "echo_times")]),
+        (phase_units_node, combine, [("magnitude", "magnitude")]),
+        (mask, combine, [("out_file", "mask")]),
+        (unwrap, combine, [("out_file", "phase")]),
+        (inputnode, relaxometry, [("echo_times", "echo_times")]),
+        (phase_units_node, relaxometry, [("magnitude", "magnitude")]),
+        (mask, relaxometry, [("out_file", "mask")]),
+        (inputnode, background, [("field_strength", "field_strength")]),
+        (combine, background, [("out_file", "field")]),
+        (mask, background, [("out_file", "mask")]),
+        (background, invert, [("out_file", "local_field"), ("mask", "mask")]),
+        (invert, reference_node, [("out_file", "chimap")]),
+        (background, reference_node, [("mask", "mask")]),
+        (inputnode, sidecars, [
+            ("sources", "sources"), ("echo_times", "echo_times"),
+            ("field_strength", "field_strength"),
+        ]),
+        (phase_units_node, sidecars, [("params", "phase_params")]),
+        (mask, sidecars, [("params", "mask_params")]),
+        (unwrap, sidecars, [("params", "unwrap_params")]),
+        (combine, sidecars, [("params", "combine_params")]),
+        (relaxometry, sidecars, [("params", "relaxometry_params")]),
+        (background, sidecars, [("params", "background_params")]),
+        (invert, sidecars, [("params", "inversion_params")]),
+        (reference_node, sidecars, [("params", "reference_params")]),
+        (reference_node, outputnode, [("out_file", "chimap")]),
+        (background, outputnode, [("mask", "mask"), ("out_file", "local_field")]),
+        (combine, outputnode, [("out_file", "field")]),
+        (relaxometry, outputnode, [("out_file", "r2star"), ("t2star", "t2star")]),
+        (sidecars, outputnode, [
+            ("chimap", "chimap_meta"), ("mask", "mask_meta"),
+            ("relaxometry", "relaxometry_meta"),
+        ]),
+    ])  # fmt:skip
+    return workflow
