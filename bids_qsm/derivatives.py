@@ -7,7 +7,7 @@ from pathlib import Path
 from bids_qsm import __version__
 
 # Outputs that BIDS has no name for yet, and our logs.
-BIDSIGNORE = ("logs/", "figures/", "*.html", "*_fieldmap.*", "*_swi.*", "*_minIP.*")
+BIDSIGNORE = ("logs/", "figures", "*.html", "*_fieldmap.*", "*_swi.*", "*_minIP.*")
 
 
 class OutputDirError(RuntimeError):

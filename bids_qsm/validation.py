@@ -17,7 +17,8 @@ class Finding:
     message: str
 
     def __str__(self):
-        return f"{self.location or '(dataset)'}: {self.code}{': ' if self.message else ''}{self.message}"
+        detail = f": {self.message}" if self.message else ""
+        return f"{self.location or '(dataset)'}: {self.code}{detail}"
 
 
 def validate(bids_dir, *, timeout=600):

@@ -16,11 +16,11 @@ from bids_qsm.qsm.background import BACKGROUND
 
 # Relative error ||local - truth|| / ||truth|| inside the returned mask, both demeaned (a constant
 # is harmonic, so no method can tell a local offset from the background; referencing removes it).
-# Measured on this phantom (1 mm isotropic / 1x1x2 mm): vsharp 0.10 / 0.15, pdf 0.18 / 0.20 (0.22
-# with an oblique B0), lbv 0.05 / 0.05, resharp 0.13 / 0.15. V-SHARP and RESHARP lose the low
+# Measured on this phantom (1 mm isotropic / 1x1x2 mm): vsharp 0.15 / 0.18, pdf 0.18 / 0.19 (0.22
+# with an oblique B0), lbv 0.05 / 0.06, resharp 0.12 / 0.14. V-SHARP and RESHARP lose the low
 # spatial frequencies of the local field (TSVD, regularisation); PDF lets sources just outside
 # the mask explain part of the weak local field near the boundary.
-MAX_ERROR = {"vsharp": 0.2, "pdf": 0.25, "lbv": 0.08, "resharp": 0.2}
+MAX_ERROR = {"vsharp": 0.22, "pdf": 0.26, "lbv": 0.08, "resharp": 0.17}
 
 
 def _grid(shape, voxel_size):
@@ -29,7 +29,7 @@ def _grid(shape, voxel_size):
 
 
 def _sphere_field(coords, center, radius, chi, b0_dir):
-    """Analytic field (ppm) of a sphere of susceptibility `chi` (ppm), `radius` and `center` (mm)."""
+    """Analytic field (ppm) of a sphere: susceptibility `chi` (ppm), `radius`, `center` (mm)."""
     d = [c - c0 for c, c0 in zip(coords, center, strict=True)]
     r2 = np.maximum(d[0] ** 2 + d[1] ** 2 + d[2] ** 2, 1e-12)
     cos2 = (d[0] * b0_dir[0] + d[1] * b0_dir[1] + d[2] * b0_dir[2]) ** 2 / r2
@@ -37,14 +37,17 @@ def _sphere_field(coords, center, radius, chi, b0_dir):
     return np.where(r2 <= radius**2, 0.0, outside)
 
 
-def _phantom(voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), extent_mm=80.0):
-    """(mask, local field, background field) in ppm on a grid `extent_mm` wide."""
+def _phantom(voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), extent_mm=64.0):
+    """(mask, local field, background field) in ppm on a grid `extent_mm` wide.
+
+    The geometry is drawn on an 80 mm grid and scaled to `extent_mm`.
+    """
     b0_dir = np.asarray(b0_dir, float) / np.linalg.norm(b0_dir)
     shape = tuple(int(round(extent_mm / h)) for h in voxel_size)
     coords = _grid(shape, voxel_size)
     x, y, z = coords
-    semi = (30.0, 35.0, 27.0)
-    mask = (x / semi[0]) ** 2 + (y / semi[1]) ** 2 + (z / semi[2]) ** 2 <= 1
+    s = extent_mm / 80.0
+    mask = (x / (30 * s)) ** 2 + (y / (35 * s)) ** 2 + (z / (27 * s)) ** 2 <= 1
     local = np.zeros(shape)
     for center, radius, chi in [
         ((-8, 4, 2), 4, 0.3),
@@ -52,8 +55,8 @@ def _phantom(voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), extent_mm=80.0)
         ((2, 10, -8), 5, 0.15),
         ((0, -4, 7), 2.5, 0.4),
     ]:
-        local += _sphere_field(coords, center, radius, chi, b0_dir)
-    background = _sphere_field(coords, (0, 48, -20), 15, 9.4, b0_dir)
+        local += _sphere_field(coords, np.multiply(center, s), radius * s, chi, b0_dir)
+    background = _sphere_field(coords, (0, 48 * s, -20 * s), 15 * s, 9.4, b0_dir)
     background += 0.01 * x + 0.02 * z + 2e-4 * (x**2 - y**2)
     return mask, local.astype(np.float32), background.astype(np.float32)
 
@@ -83,7 +86,7 @@ def test_recovers_the_local_field_of_spheres(method, voxel_size):
     out, valid = BACKGROUND[method](local + background, mask, voxel_size=voxel_size)
     assert out.dtype == np.float32 and valid.dtype == bool
     assert not np.any(valid & ~mask), "the valid mask must lie inside the input mask"
-    assert valid.sum() > 0.6 * mask.sum()
+    assert valid.sum() > 0.45 * mask.sum()  # RESHARP's 5 mm erosion keeps 0.51 here
     assert np.all(out[~valid] == 0)
     assert _relative_error(out, local, valid) < MAX_ERROR[method]
 
@@ -104,8 +107,8 @@ def test_polynomial_harmonic_field_leaves_nothing(method):
     x, y, z = _grid(mask.shape, voxel_size)
     harmonic = 0.01 * x - 0.02 * y + 0.015 * z + 3e-4 * (x**2 - y**2) + 2e-4 * x * z
     out, valid = BACKGROUND[method](harmonic.astype(np.float32), mask, voxel_size=voxel_size)
-    # The SMV methods and LBV are exact for quadratics (up to float32); PDF leaves ~1e-3.
-    assert _rms(_demeaned(out, valid)) < 3e-3 * _rms(_demeaned(harmonic, valid))
+    # The SMV methods and LBV are exact for quadratics (up to float32, < 1e-5); PDF leaves 1e-4.
+    assert _rms(_demeaned(out, valid)) < 1e-3 * _rms(_demeaned(harmonic, valid))
 
 
 def test_pdf_with_oblique_b0():

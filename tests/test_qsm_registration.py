@@ -1,4 +1,4 @@
-"""Registration of a T1-like head to a magnitude-like head (different contrast, voxel size, pose)."""
+"""Registration of a T1-like head to a magnitude-like head: other contrast, voxel size, pose."""
 
 import time
 
@@ -59,7 +59,7 @@ def rotation(axis, deg):
     return out
 
 
-def paint_head(shape, affine, head_from_world=np.eye(4), *, oversample=1):
+def paint_head(shape, affine, head_from_world=None, *, oversample=1):
     """Labels, magnitude-like and T1-like images of the ellipsoid head sampled on a grid.
 
     With `oversample` k the labels are the majority over k^3 sub-voxels (partial volume).
@@ -67,6 +67,7 @@ def paint_head(shape, affine, head_from_world=np.eye(4), *, oversample=1):
     fine = np.eye(4)
     fine[:3, :3] /= oversample
     fine[:3, 3] = (1 / oversample - 1) / 2
+    head_from_world = np.eye(4) if head_from_world is None else head_from_world
     vox_to_head = head_from_world @ affine @ fine
     fine_shape = tuple(n * oversample for n in shape)
     idx = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in fine_shape], indexing="ij")
@@ -103,7 +104,7 @@ def scene():
     rng = np.random.default_rng(0)
     fixed_shape, fixed_vox = (80, 96, 80), (2.0, 2.0, 2.0)
     fixed_affine = grid_affine(fixed_shape, fixed_vox)
-    truth, gre, _ = paint_head(fixed_shape, fixed_affine, oversample=2)
+    truth, gre, _ = paint_head(fixed_shape, fixed_affine, oversample=3)
     # Smooth bias and noise, as in a receive-coil-weighted magnitude.
     xx = np.linspace(-1, 1, fixed_shape[0], dtype=np.float32)[:, None, None]
     gre = gre * (1 + 0.2 * xx) + rng.normal(0, 0.03, fixed_shape).astype(np.float32)
@@ -182,7 +183,10 @@ def test_resampling_with_the_true_transform_matches_the_fixed_grid(scene):
 def test_resample_labels_rejects_float_labels():
     with pytest.raises(ValueError, match="integers"):
         resample_labels(
-            np.zeros((4, 4, 4)), moving_affine=np.eye(4), target_shape=(4, 4, 4), target_affine=np.eye(4)
+            np.zeros((4, 4, 4)),
+            moving_affine=np.eye(4),
+            target_shape=(4, 4, 4),
+            target_affine=np.eye(4),
         )
 
 

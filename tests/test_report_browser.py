@@ -108,16 +108,24 @@ def report(tmp_path_factory):
     chi = np.where((x - 5) ** 2 + y**2 + z**2 < 16, 0.3, 0.0) * mask
     chi -= np.where((x + 5) ** 2 + y**2 + z**2 < 16, 0.2, 0.0)
     field = (30 * chi + 5 * x / 20).astype(np.float32)
-    magnitude = np.exp(-np.multiply.outer(np.where(mask, 20.0, 5.0) + 40 * np.abs(chi), te))
+    r2star = np.where(mask, 20.0 + 40 * np.abs(chi), 0.0)
+    magnitude = mask[..., None] * np.exp(-np.multiply.outer(r2star, te))
     image = swi(magnitude, field, mask, te=te, voxel_size=voxel)
     minip = minimum_intensity_projection(image, voxel_size=voxel, mask=mask)
+    geometry = {"voxel_size": voxel, "mask": mask}
     made = [
-        ("Magnitude and mask", plot_mask_outline(magnitude, mask, folder / "mask.svg", voxel_size=voxel)),
-        ("Total field", plot_map(field, folder / "field.svg", voxel_size=voxel, mask=mask, cmap="RdBu_r", symmetric=True)),
-        ("Chimap", plot_chimap(chi, folder / "chimap.svg", voxel_size=voxel, mask=mask)),
-        ("R2*", plot_map(20.0 + 40 * np.abs(chi), folder / "r2star.png", voxel_size=voxel, mask=mask)),
-        ("SWI and minIP", plot_swi(image, minip, folder / "swi.svg", voxel_size=voxel, mask=mask)),
-    ]  # fmt: skip
+        (
+            "Magnitude and mask",
+            plot_mask_outline(magnitude, mask, folder / "mask.svg", voxel_size=voxel),
+        ),
+        (
+            "Total field",
+            plot_map(field, folder / "field.svg", cmap="RdBu_r", symmetric=True, **geometry),
+        ),
+        ("Chimap", plot_chimap(chi, folder / "chimap.svg", **geometry)),
+        ("R2*", plot_map(r2star, folder / "r2star.png", cmap="magma", **geometry)),
+        ("SWI and minIP", plot_swi(image, minip, folder / "swi.svg", **geometry)),
+    ]
     return write_report(
         out / "sub-01.html",
         subject="01",
@@ -147,7 +155,9 @@ def _aspect(path):
     """Height over width of a figure file, as the browser will lay it out."""
     if path.suffix == ".svg":
         root = ET.parse(path).getroot()
-        return float(root.get("height").removesuffix("pt")) / float(root.get("width").removesuffix("pt"))
+        return float(root.get("height").removesuffix("pt")) / float(
+            root.get("width").removesuffix("pt")
+        )
     with Image.open(path) as png:
         return png.height / png.width
 

@@ -1,4 +1,4 @@
-"""`bids_qsm BIDS_DIR OUTPUT_DIR {participant,group}`: parse, check, build, run; return an exit code.
+"""`bids_qsm BIDS_DIR OUTPUT_DIR {participant,group}`: parse, check, build, run -> exit code.
 
 Exit codes (DESIGN.md): 0 done; 1 processing failed; 2 usage; 16 BIDS validation failed;
 18 selection found nothing; 66 required input missing or unreadable.

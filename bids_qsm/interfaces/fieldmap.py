@@ -10,7 +10,14 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from bids_qsm.interfaces.nifti import geometry, load, load_mask, run_stage, save_like
+from bids_qsm.interfaces.nifti import (
+    captured_warnings,
+    geometry,
+    load,
+    load_mask,
+    run_stage,
+    save_like,
+)
 from bids_qsm.qsm.combine import COMBINERS
 from bids_qsm.qsm.mask import MASKS
 from bids_qsm.qsm.phase import PHASE_UNITS, complex_to_polar, scale_phase
@@ -26,6 +33,7 @@ class _StageInputSpec(BaseInterfaceInputSpec):
 class _StageOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="the stage's result")
     params = traits.Dict(desc="method and every parameter it ran with")
+    warnings = traits.List(traits.Str, desc="warnings the method logged")
 
 
 class _EchoStageInputSpec(_StageInputSpec):
@@ -58,6 +66,7 @@ class _LoadEchoesOutputSpec(TraitedSpec):
     magnitude = File(exists=True, desc="4-D magnitude, echoes last")
     phase = File(exists=True, desc="4-D phase (rad), echoes last")
     params = traits.Dict(desc="how the phase was scaled")
+    warnings = traits.List(traits.Str, desc="warnings about the phase scaling")
 
 
 class LoadEchoes(SimpleInterface):
@@ -67,6 +76,7 @@ class LoadEchoes(SimpleInterface):
     output_spec = _LoadEchoesOutputSpec
 
     def _run_interface(self, runtime):
+        self._results["warnings"] = []
         units = self.inputs.units
         if units == "auto" and self.inputs.sidecar_units in PHASE_UNITS:
             units = self.inputs.sidecar_units
@@ -81,9 +91,11 @@ class LoadEchoes(SimpleInterface):
             ref = load(self.inputs.real[0])[1]
         else:
             magnitude = np.stack([load(f)[0] for f in self.inputs.magnitude], axis=-1)
-            phase = np.stack(
-                [scale_phase(load(f)[0], units=units) for f in self.inputs.phase], axis=-1
-            )
+            with captured_warnings() as warnings:
+                phase = np.stack(
+                    [scale_phase(load(f)[0], units=units) for f in self.inputs.phase], axis=-1
+                )
+            self._results["warnings"] = sorted(set(warnings), key=warnings.index)
             ref = load(self.inputs.phase[0])[1]
         phase *= self.inputs.sign
         self._results["magnitude"] = save_like(ref, magnitude, runtime.cwd, "magnitude")
@@ -112,7 +124,7 @@ class BrainMask(SimpleInterface):
             "te": np.asarray(self.inputs.echo_times) if self.inputs.echo_times else None,
             **geometry(ref),
         }
-        mask, params = run_stage(
+        mask, params, warnings = run_stage(
             MASKS[self.inputs.method], magnitude, data=data, params=self.inputs.params,
             nthreads=self.inputs.omp_nthreads,
         )  # fmt:skip
@@ -120,6 +132,7 @@ class BrainMask(SimpleInterface):
             raise RuntimeError(f"{self.inputs.method} mask is empty: no signal in the magnitude")
         self._results["out_file"] = save_like(ref, mask, runtime.cwd, "mask", dtype=np.uint8)
         self._results["params"] = {"method": self.inputs.method, **params}
+        self._results["warnings"] = warnings
         return runtime
 
 
@@ -136,12 +149,13 @@ class Unwrap(SimpleInterface):
 
     def _run_interface(self, runtime):
         phase, ref = load(self.inputs.phase)
-        unwrapped, params = run_stage(
+        unwrapped, params, warnings = run_stage(
             UNWRAPPERS[self.inputs.method], phase, data=_echo_data(self.inputs, ref),
             params=self.inputs.params, nthreads=self.inputs.omp_nthreads,
         )  # fmt:skip
         self._results["out_file"] = save_like(ref, unwrapped, runtime.cwd, "unwrapped")
         self._results["params"] = {"method": self.inputs.method, **params}
+        self._results["warnings"] = warnings
         return runtime
 
 
@@ -162,13 +176,14 @@ class FitField(SimpleInterface):
 
     def _run_interface(self, runtime):
         phase, ref = load(self.inputs.phase)
-        (field, noise), params = run_stage(
+        (field, noise), params, warnings = run_stage(
             COMBINERS[self.inputs.method], phase, data=_echo_data(self.inputs, ref),
             params=self.inputs.params, nthreads=self.inputs.omp_nthreads,
         )  # fmt:skip
         self._results["out_file"] = save_like(ref, field, runtime.cwd, "field_hz")
         self._results["noise"] = save_like(ref, noise, runtime.cwd, "noise_hz")
         self._results["params"] = {"method": self.inputs.method, **params}
+        self._results["warnings"] = warnings
         return runtime
 
 
@@ -189,7 +204,7 @@ class R2Star(SimpleInterface):
     def _run_interface(self, runtime):
         data = _echo_data(self.inputs, load(self.inputs.magnitude)[1])
         magnitude = data.pop("magnitude")
-        r2star, params = run_stage(
+        r2star, params, warnings = run_stage(
             RELAXOMETRY[self.inputs.method], magnitude, data=data, params=self.inputs.params,
             nthreads=self.inputs.omp_nthreads,
         )  # fmt:skip
@@ -197,4 +212,5 @@ class R2Star(SimpleInterface):
         self._results["out_file"] = save_like(ref, r2star, runtime.cwd, "r2star")
         self._results["t2star"] = save_like(ref, t2star_from_r2star(r2star), runtime.cwd, "t2star")
         self._results["params"] = {"method": self.inputs.method, **params}
+        self._results["warnings"] = warnings
         return runtime

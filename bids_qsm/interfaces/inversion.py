@@ -30,7 +30,7 @@ class RemoveBackground(SimpleInterface):
 
     def _run_interface(self, runtime):
         field_hz, ref = load(self.inputs.field)
-        (local, valid), params = run_stage(
+        (local, valid), params, warnings = run_stage(
             BACKGROUND[self.inputs.method],
             hz_to_ppm(field_hz, self.inputs.field_strength),
             load_mask(self.inputs.mask),
@@ -43,6 +43,7 @@ class RemoveBackground(SimpleInterface):
         self._results["out_file"] = save_like(ref, local, runtime.cwd, "local_field_ppm")
         self._results["mask"] = save_like(ref, valid, runtime.cwd, "mask", dtype=np.uint8)
         self._results["params"] = {"method": self.inputs.method, **params}
+        self._results["warnings"] = warnings
         return runtime
 
 
@@ -61,7 +62,7 @@ class Invert(SimpleInterface):
     def _run_interface(self, runtime):
         field, ref = load(self.inputs.local_field)
         grid = geometry(ref)
-        chi, params = run_stage(
+        chi, params, warnings = run_stage(
             INVERSIONS[self.inputs.method], field, load_mask(self.inputs.mask),
             data=grid, params=self.inputs.params, nthreads=self.inputs.omp_nthreads,
         )  # fmt:skip
@@ -71,6 +72,7 @@ class Invert(SimpleInterface):
             **params,
             "b0_direction": list(grid["b0_dir"]),
         }
+        self._results["warnings"] = warnings
         return runtime
 
 
@@ -88,10 +90,11 @@ class Reference(SimpleInterface):
 
     def _run_interface(self, runtime):
         chi, ref = load(self.inputs.chimap)
-        chi, params = run_stage(
+        chi, params, warnings = run_stage(
             REFERENCES[self.inputs.method], chi, load_mask(self.inputs.mask),
             data={"labels": None}, params=self.inputs.params,
         )  # fmt:skip
         self._results["out_file"] = save_like(ref, chi, runtime.cwd, "chi_referenced")
         self._results["params"] = {"method": self.inputs.method, **params}
+        self._results["warnings"] = warnings
         return runtime

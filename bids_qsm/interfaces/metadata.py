@@ -28,12 +28,16 @@ class _SidecarsInputSpec(BaseInterfaceInputSpec):
     background_params = traits.Dict(mandatory=True)
     inversion_params = traits.Dict(mandatory=True)
     reference_params = traits.Dict(mandatory=True)
+    swi_params = traits.Dict(mandatory=True)
+    warnings = traits.List(traits.Str, desc="warnings of every stage")
 
 
 class _SidecarsOutputSpec(TraitedSpec):
     chimap = traits.Dict(desc="sidecar of the susceptibility map")
     mask = traits.Dict(desc="sidecar of the brain mask")
     relaxometry = traits.Dict(desc="sidecar of the R2* and T2* maps")
+    fields = traits.Dict(desc="sidecar of the total and local field maps")
+    swi = traits.Dict(desc="sidecar of the SWI and its minIP")
 
 
 class Sidecars(SimpleInterface):
@@ -47,10 +51,12 @@ class Sidecars(SimpleInterface):
         stages = {key: getattr(self.inputs, trait) for trait, key in _STAGES.items()}
         inversion = stages["DipoleInversion"]
         reference = stages["Referencing"]["method"]
+        warnings = list(dict.fromkeys(self.inputs.warnings))
         common = {
             "Sources": list(self.inputs.sources),
             "MagneticFieldStrength": self.inputs.field_strength,
             "EchoTime": list(self.inputs.echo_times),
+            **({"ProcessingWarnings": warnings} if warnings else {}),
         }
         name, citation = cites["inversion"][inversion["method"]]
         self._results["chimap"] = {
@@ -77,5 +83,16 @@ class Sidecars(SimpleInterface):
             **common,
             "Masking": stages["Masking"],
             "Relaxometry": stages["Relaxometry"],
+        }
+        self._results["fields"] = {
+            **common,
+            **{k: stages[k] for k in ("Masking", "Unwrapping", "EchoCombination")},
+            "BackgroundRemoval": stages["BackgroundRemoval"],
+        }
+        self._results["swi"] = {
+            "SkullStripped": True,
+            **common,
+            "SWI": self.inputs.swi_params,
+            "BackgroundRemoval": stages["BackgroundRemoval"],
         }
         return runtime

@@ -1,6 +1,7 @@
 """File plumbing shared by the interfaces: NIfTI in and out, grid geometry, stage parameters."""
 
 import inspect
+import logging
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def stage_parameters(func, overrides=None, *, given=()):
 
 
 def run_stage(func, *args, data, params, nthreads=1):
-    """Call a stage function; returns (its result, the settings it ran with).
+    """Call a stage function; returns (its result, the settings it ran with, its warnings).
 
     `data` holds what the interface knows about the run (geometry, echo times, magnitude...);
     each is passed only if `func` takes it, and none of it counts as a setting. `params` are the
@@ -72,9 +73,27 @@ def run_stage(func, *args, data, params, nthreads=1):
     accepted = inspect.signature(func).parameters
     settings = stage_parameters(func, params, given=tuple(data))
     kwargs = {k: v for k, v in data.items() if k in accepted}
-    with thread_limit(nthreads):
+    with thread_limit(nthreads), captured_warnings() as warnings:
         result = func(*args, **kwargs, **settings)
-    return result, settings
+    return result, settings, warnings
+
+
+@contextmanager
+def captured_warnings():
+    """Collect the warnings our library logs meanwhile, so that sidecars and reports show them."""
+    messages = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    handler = _Collect(logging.WARNING)
+    library = logging.getLogger("bids_qsm")
+    library.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        library.removeHandler(handler)
 
 
 @contextmanager

@@ -27,7 +27,9 @@ def voxel_sizes(affine):
 
 def kspace_grid(shape, voxel_size):
     """Spatial frequencies (cycles/mm) of an FFT grid, one open-mesh array per axis."""
-    freqs = [scipy.fft.fftfreq(n, d=h) for n, h in zip(shape, voxel_size, strict=True)]
+    freqs = [
+        scipy.fft.fftfreq(n, d=h).astype(np.float32) for n, h in zip(shape, voxel_size, strict=True)
+    ]
     return np.meshgrid(*freqs, indexing="ij", sparse=True)
 
 
@@ -39,7 +41,7 @@ def dipole_kernel(shape, voxel_size, b0_dir=(0.0, 0.0, 1.0), dtype=np.float32):
     the Lorentz-sphere correction. Field (ppm) = ifftn(D * fftn(chi in ppm)).
     """
     b = np.asarray(b0_dir, dtype=float)
-    b = b / np.linalg.norm(b)
+    b = (b / np.linalg.norm(b)).astype(np.float32)
     kx, ky, kz = kspace_grid(shape, voxel_size)
     k2 = kx**2 + ky**2 + kz**2
     kb = kx * b[0] + ky * b[1] + kz * b[2]

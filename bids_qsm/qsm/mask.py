@@ -1,6 +1,7 @@
 """Brain masks from multi-echo magnitude (and phase): bool (X, Y, Z).
 
-- `otsu`: Otsu's threshold on the root-sum-of-squares magnitude over echoes.
+- `otsu`: Otsu's threshold on the root-sum-of-squares magnitude over echoes (or, for images
+  without background such as crops, a floor at a tenth of the median).
 - `threshold`: a multiple of the background noise level (from the darkest voxels), for images
   where Otsu's two-class split cuts into dark tissue.
 - `phase_quality`: the `otsu` mask refined by a ROMEO-style voxel quality (local agreement of
@@ -19,6 +20,8 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu
 
 logger = logging.getLogger(__name__)
+
+_NO_BACKGROUND = 0.3  # darker / brighter Otsu class mean above which there is no noise class
 
 
 def _as4d(array):
@@ -74,6 +77,24 @@ def _fill_slices(mask, axis):
     return filled
 
 
+def _otsu_level(image):
+    """Otsu's threshold of a magnitude image, or a floor when it has no background class.
+
+    Otsu on the square root: magnitude is skewed (bright fat, vessels), and the root evens out
+    the two classes so that the split lands between noise and tissue, not inside tissue. When
+    the darker class is brighter than `_NO_BACKGROUND` times the brighter one, there is no
+    noise class (a crop inside the head, zero-filled or skull-stripped data) and Otsu would cut
+    through tissue; then everything above a tenth of the median is kept.
+    """
+    values = image[image > 0]
+    level = threshold_otsu(np.sqrt(values)) ** 2
+    low, high = values[values <= level], values[values > level]
+    if low.size and high.size and low.mean() > _NO_BACKGROUND * high.mean():
+        logger.info("magnitude has no background class; masking at 10 %% of its median")
+        return 0.1 * float(np.median(values))
+    return level
+
+
 def otsu(magnitude4d, *, voxel_size, phase=None, te=None, erode_mm=0.0, factor=1.0):
     """Otsu mask of the root-sum-of-squares magnitude (bool, 3-D).
 
@@ -84,9 +105,7 @@ def otsu(magnitude4d, *, voxel_size, phase=None, te=None, erode_mm=0.0, factor=1
     image = rss(magnitude4d)
     if not np.any(image > 0):
         return np.zeros(image.shape, dtype=bool)
-    # Otsu on the square root: magnitude is skewed (bright fat, vessels), and the root evens out
-    # the two classes so that the split lands between noise and tissue, not inside tissue.
-    level = threshold_otsu(np.sqrt(image[image > 0])) ** 2
+    level = _otsu_level(image)
     return _clean(image > factor * level, voxel_size, erode_mm)
 
 
@@ -101,7 +120,7 @@ def threshold(magnitude4d, *, voxel_size, phase=None, te=None, erode_mm=0.0, snr
     image = rss(magnitude4d)
     if not np.any(image > 0):
         return np.zeros(image.shape, dtype=bool)
-    level = min(snr * background_level(image), threshold_otsu(np.sqrt(image[image > 0])) ** 2)
+    level = min(snr * background_level(image), _otsu_level(image))
     return _clean(image > level, voxel_size, erode_mm)
 
 

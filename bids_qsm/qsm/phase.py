@@ -26,7 +26,11 @@ _RAD_TOLERANCE = 1e-3  # rad; float round-off of a converter writing +-pi
 def wrap(phase):
     """Wrap phase (rad) into [-pi, pi), float32."""
     phase = np.asarray(phase, dtype=np.float32)
-    return (np.mod(phase + np.pi, 2 * np.pi) - np.pi).astype(np.float32)
+    out = np.mod(phase + np.float32(np.pi), np.float32(2 * np.pi))
+    out -= np.float32(np.pi)
+    # float32 round-off can land exactly on +pi; that is -pi.
+    out[out >= np.float32(np.pi)] = -np.float32(np.pi)
+    return out
 
 
 def finite_mask(*arrays):
@@ -37,11 +41,12 @@ def finite_mask(*arrays):
     return out
 
 
-def _siemens_range(values, lo, hi):
-    """Whether finite `values` are integers inside the Siemens code range [lo, hi]."""
-    vmin, vmax = float(values.min()), float(values.max())
+def _siemens_range(values, vmin, vmax, lo, hi):
+    """Whether finite `values` (extremes vmin, vmax) are integers in the Siemens range [lo, hi]."""
     # A real phase image spans most of the turn; a handful of codes is not Siemens scaling.
-    return vmin >= lo and vmax <= hi and vmax - vmin > 2048 and np.all(values == np.round(values))
+    if not (vmin >= lo and vmax <= hi and vmax - vmin > 2048):
+        return False
+    return bool(np.all(np.mod(values, 1) == 0))
 
 
 def scale_phase(phase, *, units="auto"):
@@ -59,38 +64,42 @@ def scale_phase(phase, *, units="auto"):
         raise ValueError(f"phase units must be one of {PHASE_UNITS}, not {units!r}")
     phase = np.asarray(phase)
     finite = finite_mask(phase)
-    values = phase[finite].astype(np.float64)
-    out = np.zeros(phase.shape, dtype=np.float32)
+    complete = bool(finite.all())
+    # float32 holds the Siemens codes exactly; whole-array arithmetic when nothing is missing.
+    values = (phase if complete else phase[finite]).astype(np.float32, copy=False)
     if values.size == 0:
         logger.warning("phase image has no finite values; using 0 rad everywhere")
-        return out
-    if not finite.all():
+        return np.zeros(phase.shape, dtype=np.float32)
+    if not complete:
         logger.warning("phase image has %d non-finite voxels; set to 0 rad", (~finite).sum())
+    vmin, vmax = float(values.min()), float(values.max())
 
     if units == "auto":
-        in_rad = values.min() >= -np.pi - _RAD_TOLERANCE and values.max() <= np.pi + _RAD_TOLERANCE
+        in_rad = vmin >= -np.pi - _RAD_TOLERANCE and vmax <= np.pi + _RAD_TOLERANCE
         units = "rad" if in_rad else "arbitrary"
-        if in_rad and np.ptp(values) < np.pi:
+        if in_rad and vmax - vmin < np.pi:
             logger.warning(
                 "phase spans only %.3g rad; read as radians (pass units='arbitrary' if it is not)",
-                np.ptp(values),
+                vmax - vmin,
             )
 
     if units == "rad":
         radians = values
-    elif _siemens_range(values, *_SIEMENS_UNSIGNED):
-        radians = values / 4095.0 * 2 * np.pi - np.pi
-    elif _siemens_range(values, *_SIEMENS_SIGNED):
-        radians = values * np.pi / 4096.0
+    elif _siemens_range(values, vmin, vmax, *_SIEMENS_UNSIGNED):
+        radians = values * np.float32(2 * np.pi / 4095) - np.float32(np.pi)
+    elif _siemens_range(values, vmin, vmax, *_SIEMENS_SIGNED):
+        radians = values * np.float32(np.pi / 4096)
     else:
-        vmin, vmax = values.min(), values.max()
         logger.warning(
             "phase in arbitrary units rescaled from its stored range [%.6g, %.6g] to [-pi, pi]",
             vmin,
             vmax,
         )
         span = vmax - vmin if vmax > vmin else 1.0
-        radians = (values - vmin) / span * 2 * np.pi - np.pi
+        radians = (values - np.float32(vmin)) * np.float32(2 * np.pi / span) - np.float32(np.pi)
+    if complete:
+        return wrap(radians)
+    out = np.zeros(phase.shape, dtype=np.float32)
     out[finite] = wrap(radians)
     return out
 

@@ -23,6 +23,11 @@ convention; here it is the `"paramagnetic"` mask, which darkens positive phase o
   the same rim around both. Their cores are dark through the magnitude (short T2*).
 
 Telling a calcification from a microbleed is the susceptibility map's job (its sign), not SWI's.
+
+References: Haacke EM, et al. Susceptibility weighted imaging (SWI). Magn Reson Med
+2004;52:612-618. Eckstein K, et al. Improved susceptibility weighted imaging at ultra-high field
+using bipolar multi-echo acquisition and optimized image processing: CLEAR-SWI. NeuroImage
+2021;237:118175.
 """
 
 import numpy as np

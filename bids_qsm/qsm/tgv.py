@@ -372,10 +372,22 @@ def operator_norm(voxel_size, b0_dir, samples=33):
 # ----------------------------------------------------------------------------------------------
 # The solver.
 
-_FOOTPRINT = ndimage.generate_binary_structure(3, 2)  # faces and edges: the Wave stencil
+FOOTPRINT = ndimage.generate_binary_structure(3, 2)  # faces and edges: the Wave stencil
 
 
-def solve(lap_phi0, mask, *, voxel_size, b0_dir, alpha1, alpha0, iterations, tol=0.0, mask0=None, chi0=None, init_w=False):
+def solve(
+    lap_phi0,
+    mask,
+    *,
+    voxel_size,
+    b0_dir,
+    alpha1,
+    alpha0,
+    iterations,
+    tol=0.0,
+    mask0=None,
+    chi0=None,
+):
     """Run TGV-QSM on a box; returns chi in the units of phi0 (rad in, "rad" out).
 
     lap_phi0: Laplacian of the phase (rad/mm^2) on the box, valid in `mask0` (default: `mask`
@@ -383,11 +395,12 @@ def solve(lap_phi0, mask, *, voxel_size, b0_dir, alpha1, alpha0, iterations, tol
     box's faces; voxel_size: mm; alpha1, alpha0: weights of the first- and second-order terms
     for phase in rad and h in mm; iterations: maximum count; tol: stop when the relative change
     of chi in one iteration, ||chi_k+1 - chi_k|| / ||chi_k+1|| in the mask, falls below it
-    (0 runs all iterations). Returns (chi, float32; iterations run).
+    (0 runs all iterations); chi0: initial chi on the box (rad), zero by default.
+    Returns (chi, float32, on the box; iterations run).
     """
     mask = np.asarray(mask, dtype=bool)
     if mask0 is None:
-        mask0 = ndimage.binary_erosion(mask, _FOOTPRINT)
+        mask0 = ndimage.binary_erosion(mask, FOOTPRINT)
     shape = tuple(n + 2 for n in mask.shape)  # + the zero ghost layer
     inner = (slice(1, -1),) * 3
     # Dimensionless spacing (geometric mean 1): an exact change of variables (w scales by g).
@@ -409,10 +422,6 @@ def solve(lap_phi0, mask, *, voxel_size, b0_dir, alpha1, alpha0, iterations, tol
     if chi0 is not None:
         chi[inner] = chi0
         chi_[inner] = chi0
-        if init_w:
-            _apply_grad(chi, w, r)
-            w *= mask.astype(np.float32) if False else 1
-            w_[:] = w
 
     done = 0
     for done in range(1, iterations + 1):  # noqa: B007 (the count is returned)
@@ -433,7 +442,7 @@ def rad_per_ppm(te, b0_tesla):
     return 2.0 * math.pi * GAMMA_BAR_HZ_PER_T * 1e-6 * b0_tesla * te
 
 
-def _box(mask, pad=2):
+def _box(mask, pad=0):
     idx = np.nonzero(mask)
     if idx[0].size == 0:
         raise ValueError("the mask is empty")
@@ -443,77 +452,43 @@ def _box(mask, pad=2):
     )
 
 
-def _scaled_iterations(iterations, voxel_size):
+def scaled_iterations(iterations, voxel_size):
     """More voxels across the same anatomy need more iterations: QSM.jl's 1/sqrt(voxel volume)
     rule, never fewer than at 1 mm^3."""
     return max(int(iterations), int(round(iterations / math.sqrt(float(np.prod(voxel_size))))))
 
 
-def _run(lap_phi0, mask, mask0, box, voxel_size, b0_dir, alpha1, alpha0, iterations, tol):
-    # Pad the box by 2 voxels on every side (zeros): chi may spill one voxel beyond the mask.
+def solve_in_mask(
+    lap_phi0, mask, *, voxel_size, b0_dir, alpha1, alpha0, iterations, tol=0.0, chi0=None
+):
+    """`solve` on the mask's bounding box of a whole grid; chi 0 outside the mask.
+
+    lap_phi0: Laplacian of the phase (rad/mm^2), full grid, used on the mask eroded by the
+    stencil footprint; chi0: optional initial chi (rad), full grid. iterations: count at 1 mm^3,
+    scaled up for finer grids (`scaled_iterations`). Returns (chi in rad, iterations run).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    mask0 = ndimage.binary_erosion(mask, FOOTPRINT)
+    box = _box(mask)
+    # 2 zero voxels on every side of the box: chi may spill one voxel beyond the mask.
     padded = tuple(n + 4 for n in mask[box].shape)
     inner = (slice(2, -2),) * 3
-    m = np.zeros(padded, dtype=bool)
-    m[inner] = mask[box]
-    m0 = np.zeros(padded, dtype=bool)
-    m0[inner] = mask0[box]
-    lap = np.zeros(padded, dtype=np.float32)
-    lap[inner] = lap_phi0[box]
+
+    def crop(volume, dtype=np.float32):
+        out = np.zeros(padded, dtype=dtype)
+        out[inner] = volume[box]
+        return out
+
     chi, done = solve(
-        lap, m, mask0=m0, voxel_size=voxel_size, b0_dir=b0_dir, alpha1=alpha1, alpha0=alpha0,
-        iterations=_scaled_iterations(iterations, voxel_size), tol=tol,
+        crop(lap_phi0), crop(mask, bool), mask0=crop(mask0, bool), voxel_size=voxel_size,
+        b0_dir=b0_dir, alpha1=alpha1, alpha0=alpha0,
+        iterations=scaled_iterations(iterations, voxel_size), tol=tol,
+        chi0=None if chi0 is None else crop(chi0),
     )  # fmt: skip
     out = np.zeros(mask.shape, dtype=np.float32)
     out[box] = chi[inner]
     out[~mask] = 0.0
     return out, done
-
-
-def tgv(
-    local_field_ppm,
-    mask,
-    *,
-    voxel_size,
-    b0_dir=(0.0, 0.0, 1.0),
-    alpha1=0.0005,
-    alpha0=0.0015,
-    te=0.02,
-    b0_tesla=3.0,
-    iterations=1000,
-    tol=0.0,
-):
-    """TGV-QSM of a local (background-removed) field: chi (ppm), float32, 0 outside the mask.
-
-    local_field_ppm: local field, ppm; mask: bool; voxel_size: mm; b0_dir: unit B0 vector in
-    voxel axes (oblique B0 is handled exactly by the Wave stencil).
-
-    Alpha convention (that of the public TGV-QSM code): `alpha1` weighs ||grad chi - w||_1 and
-    `alpha0` weighs ||E w||_1, for a field expressed as phase in rad at echo time `te` (s) and
-    field strength `b0_tesla` (T), and h in mm. The field is converted to that phase,
-    phi = f * 2 pi gamma_bar b0 te, solved, and chi converted back to ppm; the defaults match
-    the original's values at 3 T and TE 20 ms. Phase noise (rad, about 1/SNR) does not depend
-    on TE or B0, so passing the acquisition's `te` (for several echoes, the noise-equivalent
-    echo time, about sqrt(sum TE_i^2)) and `b0_tesla` keeps the regularisation matched to the
-    noise; the result is the same as solving in ppm with both alphas divided by that factor.
-
-    iterations: primal-dual iterations at 1 mm^3, scaled by 1/sqrt(voxel volume / mm^3) for
-    finer grids (never fewer); tol > 0 stops early on the relative change of chi per iteration.
-    The data term holds on the mask eroded by one voxel (faces and edges); chi on the outer
-    layer comes from the regulariser.
-    """
-    field = np.asarray(local_field_ppm, dtype=np.float32)
-    mask = np.asarray(mask, dtype=bool)
-    if field.shape != mask.shape or field.ndim != 3:
-        raise ValueError(f"field {field.shape} and mask {mask.shape} must be the same 3-D grid")
-    scale = rad_per_ppm(te, b0_tesla)
-    box = _box(mask)
-    padded = np.zeros(tuple(n + 2 for n in field.shape), dtype=np.float32)
-    padded[1:-1, 1:-1, 1:-1] = np.where(mask, field, 0.0) * np.float32(scale)
-    lap = laplacian(padded, voxel_size)[1:-1, 1:-1, 1:-1]
-    mask0 = ndimage.binary_erosion(mask, _FOOTPRINT)
-    chi, done = _run(lap, mask, mask0, box, voxel_size, b0_dir, alpha1, alpha0, iterations, tol)
-    logger.info("TGV-QSM: %d iterations", done)
-    return chi / np.float32(scale)
 
 
 def wrapped_laplacian(phase_rad, voxel_size):
@@ -526,42 +501,3 @@ def wrapped_laplacian(phase_rad, voxel_size):
     lap_sin = laplacian(sin, voxel_size)[1:-1, 1:-1, 1:-1]
     lap_cos = laplacian(cos, voxel_size)[1:-1, 1:-1, 1:-1]
     return np.cos(phase) * lap_sin - np.sin(phase) * lap_cos
-
-
-def tgv_single_step(
-    phase_rad,
-    mask,
-    *,
-    voxel_size,
-    b0_dir=(0.0, 0.0, 1.0),
-    te,
-    b0_tesla,
-    alpha1=0.0005,
-    alpha0=0.0015,
-    erosions=3,
-    iterations=1000,
-    tol=0.0,
-):
-    """Single-step TGV-QSM from the wrapped phase (rad) of one echo: chi (ppm), float32.
-
-    phase_rad: wrapped phase in rad at echo time `te` (s), field strength `b0_tesla` (T);
-    mask: bool brain mask; voxel_size: mm; b0_dir: unit B0 vector in voxel axes. Unwrapping and
-    background removal are implicit: the Laplacian of the phase is computed from sin and cos of
-    the wrapped phase (wraps cancel), and fields of sources outside the mask are harmonic inside
-    it, so the Laplacian data term ignores them. The mask is eroded `erosions` times (face
-    connectivity), as in the original, because the phase Laplacian is unreliable at the brain's
-    edge; chi is 0 outside the eroded mask. Alphas as in `tgv` (phase in rad at `te`).
-    """
-    phase = np.asarray(phase_rad, dtype=np.float32)
-    mask = np.asarray(mask, dtype=bool)
-    if phase.shape != mask.shape or phase.ndim != 3:
-        raise ValueError(f"phase {phase.shape} and mask {mask.shape} must be the same 3-D grid")
-    if erosions:
-        mask = ndimage.binary_erosion(mask, iterations=erosions)
-    lap = wrapped_laplacian(phase, voxel_size)
-    mask0 = ndimage.binary_erosion(mask, _FOOTPRINT)
-    chi, done = _run(
-        lap, mask, mask0, _box(mask), voxel_size, b0_dir, alpha1, alpha0, iterations, tol
-    )
-    logger.info("single-step TGV-QSM: %d iterations", done)
-    return chi / np.float32(rad_per_ppm(te, b0_tesla))

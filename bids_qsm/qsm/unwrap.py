@@ -13,10 +13,11 @@ Spatial methods:
 
 - `laplacian`: least-squares unwrapping via the Laplacian of the phase, computed from wrapped
   finite differences (exact wherever neighbours differ by less than pi; the discrete form of
-  the sin/cos trick of Schofield & Zhu 2003) and inverted with a DCT Poisson solver (Ghiglia &
-  Romero 1994). The least-squares phase is only defined up to a smooth error, so the result is
-  re-snapped onto the data: unwrapped = wrapped + 2 pi round((ls - wrapped) / 2 pi), which keeps
-  it congruent to the measurement.
+  the sin/cos trick of Schofield & Zhu 2003), weighted to the mask and solved by conjugate
+  gradients preconditioned with a DCT Poisson solver (Ghiglia & Romero 1994). The least-
+  squares phase is smooth but not congruent to the data where the wrapped gradients are not
+  a gradient field (noise, residues), so it is snapped back onto the data:
+  unwrapped = wrapped + 2 pi round((ls - wrapped) / 2 pi).
 - `romeo`: quality-guided region growing (Dymerska et al. 2021). Every edge between neighbours
   gets a quality, the product of (0.1 + 0.9 c) over phase coherence, multi-echo gradient
   coherence, phase linearity and magnitude coherence (min/max)^2; the best edges are followed
@@ -136,32 +137,81 @@ def _temporal(result, phase, magnitude, mask, te):
 # Laplacian (least-squares) unwrapping
 
 
-def _laplacian_spatial(phase, magnitude, mask, second, te, voxel_size=(1.0, 1.0, 1.0)):
-    """Least-squares unwrapped phase (rad) of one 3-D wrapped image, snapped to the data."""
-    h2 = 1.0 / np.asarray(voxel_size, dtype=np.float64) ** 2
-    rhs = np.zeros(phase.shape, dtype=np.float32)
+def _pairs(axis):
+    """Index pairs (lower, upper) of the neighbours along `axis` of a 3-D array."""
+    lo = [slice(None)] * 3
+    hi = [slice(None)] * 3
+    lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+    return tuple(lo), tuple(hi)
+
+
+def _weighted_divergence(edges, weights, shape):
+    """-D^T W e for per-axis edge values `edges` (forward differences) and edge weights."""
+    out = np.zeros(shape, dtype=np.float32)
     for axis in range(3):
-        lo = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
-        lo, hi = tuple(lo), tuple(hi)
-        # Wrapped forward differences, zero across the mask border: noise outside the mask does
-        # not leak in, and the solution there is a smooth fill-in (Neumann at the border).
-        grad = _wrap(phase[hi] - phase[lo]) * (mask[hi] & mask[lo]) * np.float32(h2[axis])
-        rhs[lo] += grad
-        rhs[hi] -= grad
-    spectrum = scipy.fft.dctn(rhs, type=2, workers=-1)
-    eig = np.zeros(phase.shape, dtype=np.float64)
-    for axis, n in enumerate(phase.shape):
-        shape = [1, 1, 1]
-        shape[axis] = n
+        lo, hi = _pairs(axis)
+        flux = edges[axis] * weights[axis]
+        out[lo] += flux
+        out[hi] -= flux
+    return out
+
+
+def _poisson_solver(shape, h2):
+    """Inverse of the unweighted Neumann Laplacian (DCT-II), zero mean: the preconditioner."""
+    eig = np.zeros(shape, dtype=np.float32)
+    for axis, n in enumerate(shape):
         lam = (2 * np.cos(np.pi * np.arange(n) / n) - 2) * h2[axis]
-        eig = eig + lam.reshape(shape)
+        eig = eig + lam.reshape([n if a == axis else 1 for a in range(3)]).astype(np.float32)
     eig[0, 0, 0] = 1.0
-    spectrum = spectrum / eig
-    spectrum[0, 0, 0] = 0.0
-    smooth = scipy.fft.idctn(spectrum, type=2, workers=-1).astype(np.float32)
-    return phase + np.float32(TWO_PI) * np.round((smooth - phase) / np.float32(TWO_PI))
+
+    def solve(rhs):
+        spectrum = scipy.fft.dctn(rhs, type=2, workers=-1) / eig
+        spectrum[0, 0, 0] = 0.0
+        return scipy.fft.idctn(spectrum, type=2, workers=-1).astype(np.float32)
+
+    return solve
+
+
+def _laplacian_spatial(
+    phase, magnitude, mask, second, te, voxel_size=(1.0, 1.0, 1.0), iterations=100, tol=1e-4
+):
+    """Weighted least-squares unwrapped phase (rad) of one 3-D wrapped image, snapped to it.
+
+    Minimises sum over edges w (phi_j - phi_i - wrap(p_j - p_i))^2 / h^2 with w = 1 between
+    mask voxels and 1e-3 elsewhere (so that noise outside the mask does not leak in, and the
+    solution there is a smooth fill-in), by conjugate gradients preconditioned with the
+    unweighted DCT Poisson solver (the Ghiglia & Romero 1994 scheme).
+    """
+    h2 = 1.0 / np.asarray(voxel_size, dtype=np.float64) ** 2
+    weights, grads = [], []
+    for axis in range(3):
+        lo, hi = _pairs(axis)
+        inside = (mask[hi] & mask[lo]).astype(np.float32)
+        weights.append((inside + np.float32(1e-3)) * np.float32(h2[axis]))
+        grads.append(_wrap(phase[hi] - phase[lo]))
+    solve = _poisson_solver(phase.shape, h2)
+
+    def normal(x):  # the weighted Laplacian D^T W D (negative semidefinite as written)
+        return _weighted_divergence([np.diff(x, axis=a) for a in range(3)], weights, x.shape)
+
+    rhs = _weighted_divergence(grads, weights, phase.shape)
+    x = solve(rhs)
+    r = rhs - normal(x)
+    z = solve(r)
+    d = z.copy()
+    rz = float(np.vdot(r, z))
+    scale = float(np.linalg.norm(rhs)) or 1.0
+    for _ in range(iterations):
+        if float(np.linalg.norm(r)) < tol * scale:
+            break
+        q = normal(d)
+        alpha = rz / float(np.vdot(d, q))
+        x += np.float32(alpha) * d
+        r -= np.float32(alpha) * q
+        z = solve(r)
+        rz, rz_old = float(np.vdot(r, z)), rz
+        d = z + np.float32(rz / rz_old) * d
+    return phase + np.float32(TWO_PI) * np.round((x - phase) / np.float32(TWO_PI))
 
 
 def laplacian(phase4d_rad, *, magnitude=None, mask=None, te, voxel_size=(1.0, 1.0, 1.0)):
@@ -353,4 +403,4 @@ def voxel_quality(phase4d, *, magnitude=None, te=None, mask=None):
     return total / 6
 
 
-UNWRAPPERS = {"laplacian": laplacian, "romeo": romeo}
+UNWRAPPERS = {"romeo": romeo, "laplacian": laplacian}

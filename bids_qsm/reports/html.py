@@ -22,7 +22,6 @@ body { font-family: system-ui, "Segoe UI", "DejaVu Sans", "Liberation Sans", Ari
        margin: 0 auto; max-width: 1100px; padding: 1em 2em 4em; color: #1d232a; line-height: 1.45; }
 h1 { border-bottom: 2px solid #2b6cb0; padding-bottom: .2em; }
 h2 { margin-top: 2em; border-bottom: 1px solid #cbd5e0; }
-nav ol { columns: 2; }
 figure { margin: 1.5em 0; }
 figure img { display: block; width: 100%; height: auto; background: #fff;
              border: 1px solid #e2e8f0; }

@@ -87,6 +87,14 @@ def init_single_subject_wf(subject, runs, settings):
                 ("outputnode.chimap_meta", "inputnode.chimap_meta"),
                 ("outputnode.mask_meta", "inputnode.mask_meta"),
                 ("outputnode.relaxometry_meta", "inputnode.relaxometry_meta"),
+                ("outputnode.field", "inputnode.field"),
+                ("outputnode.local_field", "inputnode.local_field"),
+                ("outputnode.swi", "inputnode.swi"),
+                ("outputnode.minip", "inputnode.minip"),
+                ("outputnode.figures", "inputnode.figures"),
+                ("outputnode.figure_keys", "inputnode.figure_keys"),
+                ("outputnode.fields_meta", "inputnode.fields_meta"),
+                ("outputnode.swi_meta", "inputnode.swi_meta"),
             ]),
         ])  # fmt:skip
     return workflow

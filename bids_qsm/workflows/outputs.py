@@ -5,13 +5,18 @@ from nipype.pipeline import engine as pe
 from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
 _FIELDS = [
-    "source_file", "chimap", "mask", "r2star", "t2star",
-    "chimap_meta", "mask_meta", "relaxometry_meta",
+    "source_file", "chimap", "mask", "r2star", "t2star", "field", "local_field", "swi", "minip",
+    "figures", "figure_keys", "chimap_meta", "mask_meta", "relaxometry_meta", "fields_meta",
+    "swi_meta",
 ]  # fmt:skip
 
 
 def init_qsm_derivatives_wf(*, output_dir, name="qsm_derivatives_wf"):
-    """Sinks for the Chimap, brain mask and R2*/T2* maps of one run, named after its source."""
+    """Sinks for every map of one run and its report figures, named after its source run.
+
+    The total field (Hz), local field (ppm), SWI and minIP have no BIDS suffix yet; their names
+    are listed in the dataset's .bidsignore.
+    """
     from bids_qsm.interfaces.sink import DerivativesDataSink
 
     workflow = Workflow(name=name)
@@ -28,6 +33,16 @@ def init_qsm_derivatives_wf(*, output_dir, name="qsm_derivatives_wf"):
     ds_mask = sink("ds_mask", desc="brain", suffix="mask")
     ds_r2star = sink("ds_r2star", suffix="R2starmap", Units="1/s")
     ds_t2star = sink("ds_t2star", suffix="T2starmap", Units="s")
+    ds_field = sink("ds_field", desc="total", suffix="fieldmap", Units="Hz")
+    ds_local_field = sink("ds_local_field", desc="local", suffix="fieldmap", Units="ppm")
+    ds_swi = sink("ds_swi", suffix="swi")
+    ds_minip = sink("ds_minip", suffix="minIP")
+    ds_figures = pe.Node(
+        DerivativesDataSink(base_directory=str(output_dir), datatype="figures", suffix="qsm",
+                            dismiss_entities=("echo", "part")),
+        name="ds_figures",
+        run_without_submitting=True,
+    )  # fmt:skip
 
     workflow.connect([
         (inputnode, ds_chimap, [
@@ -43,6 +58,22 @@ def init_qsm_derivatives_wf(*, output_dir, name="qsm_derivatives_wf"):
         (inputnode, ds_t2star, [
             ("source_file", "source_file"), ("t2star", "in_file"),
             ("relaxometry_meta", "meta_dict"),
+        ]),
+        (inputnode, ds_field, [
+            ("source_file", "source_file"), ("field", "in_file"), ("fields_meta", "meta_dict"),
+        ]),
+        (inputnode, ds_local_field, [
+            ("source_file", "source_file"), ("local_field", "in_file"),
+            ("fields_meta", "meta_dict"),
+        ]),
+        (inputnode, ds_swi, [
+            ("source_file", "source_file"), ("swi", "in_file"), ("swi_meta", "meta_dict"),
+        ]),
+        (inputnode, ds_minip, [
+            ("source_file", "source_file"), ("minip", "in_file"), ("swi_meta", "meta_dict"),
+        ]),
+        (inputnode, ds_figures, [
+            ("source_file", "source_file"), ("figures", "in_file"), ("figure_keys", "desc"),
         ]),
     ])  # fmt:skip
     return workflow

@@ -8,11 +8,14 @@ from bids_qsm.data import load_json
 from bids_qsm.interfaces.fieldmap import BrainMask, FitField, LoadEchoes, R2Star, Unwrap
 from bids_qsm.interfaces.inversion import Invert, Reference, RemoveBackground
 from bids_qsm.interfaces.metadata import Sidecars
+from bids_qsm.interfaces.reports import RunFigures
+from bids_qsm.interfaces.swi import SWI
 
 _INPUTS = ["magnitude", "phase", "real", "imag", "echo_times", "field_strength", "sources"]
 _OUTPUTS = [
-    "chimap", "mask", "r2star", "t2star", "field", "local_field",
-    "chimap_meta", "mask_meta", "relaxometry_meta",
+    "chimap", "mask", "r2star", "t2star", "field", "local_field", "swi", "minip",
+    "figures", "figure_keys", "chimap_meta", "mask_meta", "relaxometry_meta", "fields_meta",
+    "swi_meta",
 ]  # fmt:skip
 
 
@@ -33,6 +36,8 @@ def estimate_mem_gb(n_voxels, n_echoes):
         "background": base + volume * 40,
         "invert": base + volume * 30,
         "reference": base + volume * 4,
+        "swi": base + volume * (2 * n_echoes + 10),
+        "figures": base + volume * (2 * n_echoes + 8),
     }
 
 
@@ -109,6 +114,10 @@ def init_qsm_wf(
     reference_node = pe.Node(
         Reference(method=reference), name="reference", mem_gb=mem_gb["reference"]
     )
+    swi = pe.Node(SWI(**threads), name="swi", mem_gb=mem_gb["swi"], n_procs=omp_nthreads)
+    figures = pe.Node(RunFigures(), name="figures", mem_gb=mem_gb["figures"])
+    warnings = pe.Node(niu.Merge(9, ravel_inputs=True), name="warnings",
+                       run_without_submitting=True)  # fmt:skip
     sidecars = pe.Node(Sidecars(), name="sidecars", run_without_submitting=True)
 
     workflow.connect([
@@ -145,13 +154,36 @@ def init_qsm_wf(
         (background, sidecars, [("params", "background_params")]),
         (invert, sidecars, [("params", "inversion_params")]),
         (reference_node, sidecars, [("params", "reference_params")]),
+        (inputnode, swi, [("echo_times", "echo_times"), ("field_strength", "field_strength")]),
+        (phase_units_node, swi, [("magnitude", "magnitude")]),
+        (background, swi, [("out_file", "local_field"), ("mask", "mask")]),
+        (phase_units_node, figures, [("magnitude", "magnitude")]),
+        (mask, figures, [("out_file", "brain_mask")]),
+        (combine, figures, [("out_file", "field")]),
+        (background, figures, [("out_file", "local_field"), ("mask", "mask")]),
+        (reference_node, figures, [("out_file", "chimap")]),
+        (relaxometry, figures, [("out_file", "r2star")]),
+        (swi, figures, [("out_file", "swi"), ("minip", "minip")]),
+        (phase_units_node, warnings, [("warnings", "in1")]),
+        (mask, warnings, [("warnings", "in2")]),
+        (unwrap, warnings, [("warnings", "in3")]),
+        (combine, warnings, [("warnings", "in4")]),
+        (relaxometry, warnings, [("warnings", "in5")]),
+        (background, warnings, [("warnings", "in6")]),
+        (invert, warnings, [("warnings", "in7")]),
+        (reference_node, warnings, [("warnings", "in8")]),
+        (swi, warnings, [("warnings", "in9")]),
+        (warnings, sidecars, [("out", "warnings")]),
+        (swi, sidecars, [("params", "swi_params")]),
         (reference_node, outputnode, [("out_file", "chimap")]),
+        (swi, outputnode, [("out_file", "swi"), ("minip", "minip")]),
+        (figures, outputnode, [("out_files", "figures"), ("keys", "figure_keys")]),
         (background, outputnode, [("mask", "mask"), ("out_file", "local_field")]),
         (combine, outputnode, [("out_file", "field")]),
         (relaxometry, outputnode, [("out_file", "r2star"), ("t2star", "t2star")]),
         (sidecars, outputnode, [
             ("chimap", "chimap_meta"), ("mask", "mask_meta"),
-            ("relaxometry", "relaxometry_meta"),
+            ("relaxometry", "relaxometry_meta"), ("fields", "fields_meta"), ("swi", "swi_meta"),
         ]),
     ])  # fmt:skip
     return workflow
