@@ -51,6 +51,25 @@ def init_derivatives(output_dir, *, bids_dir):
     return output_dir
 
 
+def write_citation(output_dir, *, methods_text, methods):
+    """logs/CITATION.md: the methods paragraph of this run and the references of its methods.
+
+    methods: stage section of citations.json -> the method used (e.g. {"inversion": "tgv"}).
+    """
+    from bids_qsm.data import load_json
+
+    cites = load_json("citations.json")
+    references = sorted(
+        {cites[stage][name][1] for stage, name in methods.items() if cites[stage][name][1]}
+    )
+    path = Path(output_dir) / "logs" / "CITATION.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = methods_text.strip() + "\n\n### References\n\n"
+    text += "".join(f"- {reference}\n" for reference in references)
+    path.write_text(text)
+    return path
+
+
 def _dataset_name(bids_dir):
     try:
         return json.loads((Path(bids_dir) / "dataset_description.json").read_text())["Name"]

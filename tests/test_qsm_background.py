@@ -141,3 +141,28 @@ def test_parameters_are_keyword_only_with_plain_defaults():
             assert default is inspect.Parameter.empty or isinstance(
                 default, (int, float, str, tuple, type(None))
             )
+
+
+def test_pdf_weights_discount_unreliable_voxels():
+    """A corrupted patch with weight ~0 must not spoil the background fit elsewhere."""
+    voxel_size = (1.0, 1.0, 2.0)
+    mask, local, background = _phantom(voxel_size)
+    field = local + background
+    x, y, z = _grid(mask.shape, voxel_size)
+    patch = mask & ((x - 15) ** 2 + (y + 15) ** 2 + z**2 <= 6**2)
+    field[patch] += 0.5  # e.g. an unwrapping error, 10x the local field
+    weights = np.where(patch, 1e-3, 1.0).astype(np.float32)
+    out, valid = BACKGROUND["pdf"](field, mask, voxel_size=voxel_size, weights=weights)
+    clean = valid & ~patch
+    assert _relative_error(out, local, clean) < MAX_ERROR["pdf"]
+
+
+def test_non_finite_field_in_mask_is_refused_and_ignored_outside():
+    mask, local, background = _phantom((1.0, 1.0, 2.0))
+    field = local + background
+    field[~mask] = np.nan  # unmeasured: must be ignored
+    out, valid = BACKGROUND["vsharp"](field, mask, voxel_size=(1.0, 1.0, 2.0))
+    assert np.isfinite(out).all() and _relative_error(out, local, valid) < MAX_ERROR["vsharp"]
+    field[mask.nonzero()[0][0], mask.nonzero()[1][0], mask.nonzero()[2][0]] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        BACKGROUND["vsharp"](field, mask, voxel_size=(1.0, 1.0, 2.0))

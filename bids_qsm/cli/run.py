@@ -64,6 +64,15 @@ def main(argv=None) -> int:
     settings.to_toml(exe.log_dir / f"config-{exe.run_uuid}.toml")
 
     failures = _run_workflow(settings, runs, verbosity)
+    from bids_qsm.reports.assemble import generate_reports
+
+    by_subject = {}
+    for problem in problems:
+        by_subject.setdefault(problem.subject, []).append(str(problem))
+    subjects = sorted({run.subject for run in runs} | set(by_subject) - {None})
+    generate_reports(
+        exe.output_dir, subjects, work_dir=exe.work_dir, problems_by_subject=by_subject
+    )
     for line in failures:
         _error(line)
     if failures:
@@ -95,6 +104,7 @@ def _run_workflow(settings, runs, verbosity):
     from nipype import config as nipype_config
     from nipype import logging as nipype_logging
 
+    from bids_qsm.derivatives import write_citation
     from bids_qsm.workflows.base import init_bids_qsm_wf
 
     exe = settings.execution
@@ -118,6 +128,16 @@ def _run_workflow(settings, runs, verbosity):
     )
     nipype_logging.update_logging(nipype_config)
     workflow = init_bids_qsm_wf(settings, runs)
+    methods = settings.workflow
+    write_citation(
+        exe.output_dir,
+        methods_text=workflow.visit_desc(),
+        methods={
+            "mask": methods.mask, "unwrap": methods.unwrap, "combine": methods.combine,
+            "relaxometry": methods.relaxometry, "background": methods.background,
+            "inversion": methods.inversion, "reference": methods.reference,
+        },
+    )  # fmt:skip
     logger.info("processing %d run(s) in %s", len(runs), exe.work_dir)
     try:
         workflow.run(**settings.nipype.plugin_settings())

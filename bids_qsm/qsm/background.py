@@ -53,7 +53,7 @@ def vsharp(
     field, mask, voxel_size = _checked(field_ppm, mask, voxel_size)
     radii = _radii(voxel_size, max_radius_mm, min_radius_mm)
     box = _Box(mask, _margin(voxel_size, radii[0]))
-    field_hat = _rfftn(box.crop(field) * box.crop(mask))
+    field_hat = _rfftn(box.crop(field))
     mask_hat = _rfftn(box.crop(mask).astype(np.float32))
 
     local = np.zeros(box.shape, dtype=np.float32)
@@ -83,7 +83,7 @@ def pdf(
     voxel_size,
     b0_dir=(0.0, 0.0, 1.0),
     weights=None,
-    pad_mm=15.0,
+    pad_mm=10.0,
     tol=1e-5,
     max_iter=100,
 ):
@@ -102,13 +102,14 @@ def pdf(
     field, mask, voxel_size = _checked(field_ppm, mask, voxel_size)
     box = _Box(mask, _margin(voxel_size, pad_mm))
     inside = box.crop(mask)
-    field = box.crop(field) * inside
+    field = box.crop(field)
     if weights is None:
         weight2 = inside.astype(np.float32)
     else:
-        weight2 = box.crop(np.asarray(weights, dtype=np.float32)) ** 2 * inside
-        if not weight2.max() > 0:
-            raise ValueError("PDF weights are zero everywhere inside the mask")
+        weight2 = np.where(inside, box.crop(np.asarray(weights, dtype=np.float32)) ** 2, 0.0)
+        if not (np.isfinite(weight2).all() and weight2.max() > 0):
+            raise ValueError("PDF weights must be finite and not all zero inside the mask")
+        weight2 = weight2.astype(np.float32)
         # Only relative weights matter; unit mean keeps float32 well scaled.
         weight2 /= np.float32(weight2[inside].mean())
     outside = (~inside).astype(np.float32)
@@ -152,7 +153,7 @@ def lbv(field_ppm, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), peel=1, tol=1e-6
     field, mask, voxel_size = _checked(field_ppm, mask, voxel_size)
     box = _Box(mask, (1, 1, 1))
     inside = box.crop(mask)
-    field = box.crop(field) * inside
+    field = box.crop(field)
     interior = ndimage.binary_erosion(inside)
     valid = ndimage.binary_erosion(inside, iterations=1 + int(peel))
     if not valid.any():
@@ -179,7 +180,7 @@ def resharp(
     b0_dir=(0.0, 0.0, 1.0),
     radius_mm=5.0,
     regularization=1e-3,
-    tol=1e-6,
+    tol=1e-5,
     max_iter=200,
 ):
     """Regularised SHARP: local field (ppm) where a sphere of `radius_mm` fits in the mask.
@@ -208,7 +209,7 @@ def resharp(
     def normal(x):
         return masked_high_pass(x) + np.float32(regularization) * x
 
-    rhs = masked_high_pass(box.crop(field) * inside)
+    rhs = masked_high_pass(box.crop(field))
     local = _conjugate_gradient(normal, rhs, tol=tol, max_iter=max_iter)
     return _finish(box, local, eroded)
 
@@ -312,8 +313,11 @@ def _checked(field_ppm, mask, voxel_size):
         raise ValueError(f"field {field.shape} and mask {mask.shape} must be the same 3-D shape")
     if not mask.any():
         raise ValueError("the mask is empty")
+    if not np.isfinite(field[mask]).all():
+        raise ValueError("the field has non-finite values (NaN or inf) inside the mask")
     voxel_size = tuple(float(h) for h in np.broadcast_to(np.asarray(voxel_size, float), (3,)))
-    return field, mask, voxel_size
+    # Outside the mask the field is unmeasured (and may be NaN): zero it once for all methods.
+    return np.where(mask, field, np.float32(0.0)), mask, voxel_size
 
 
 def _radii(voxel_size, max_radius_mm, min_radius_mm):

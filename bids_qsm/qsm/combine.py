@@ -27,6 +27,8 @@ import numpy as np
 from numba import njit, prange
 from scipy import ndimage
 
+from .unwrap import _bbox, _finite_copies, _romeo_spatial, _wrap
+
 logger = logging.getLogger(__name__)
 
 
@@ -44,9 +46,8 @@ def _checked(phase4d, magnitude, mask, te):
     if te.size != phase.shape[3]:
         raise ValueError(f"{te.size} echo times for {phase.shape[3]} echoes")
     mask = np.ones(phase.shape[:3], bool) if mask is None else np.asarray(mask, dtype=bool)
-    finite = np.isfinite(phase) & np.isfinite(magnitude)
-    phase = np.where(finite, phase, 0).astype(np.float32)
-    magnitude = np.where(finite, magnitude, 0).astype(np.float32)
+    if mask.shape != phase.shape[:3]:
+        raise ValueError(f"mask {mask.shape} does not match the phase {phase.shape}")
     return phase, magnitude, mask, te
 
 
@@ -131,33 +132,49 @@ def _nonlinear_fit(phase, magnitude, mask, te, field, offset, chi2, iterations, 
                 chi2[x, y, z] = r
 
 
-def _fit(phase4d, magnitude, mask, te):
+def _combine(phase4d, magnitude, mask, te, voxel_size, noise_fwhm_mm, iterations):
+    """Fit on the mask's bounding box; `iterations` > 0 adds the nonlinear refinement."""
     phase, magnitude, mask, te = _checked(phase4d, magnitude, mask, te)
-    maps = [np.zeros(phase.shape[:3], np.float32) for _ in range(4)]
-    _linear_fit(phase, magnitude, mask, te, *maps)
-    return phase, magnitude, mask, te, maps
+    field = np.zeros(mask.shape, np.float32)
+    noise = np.zeros(mask.shape, np.float32)
+    if not mask.any():
+        return field, noise
+    box = _bbox(mask)
+    p, m = _finite_copies(phase[box], magnitude[box])
+    k = np.ascontiguousarray(mask[box])
+    slope, offset, chi2, gain = (np.zeros(k.shape, np.float32) for _ in range(4))
+    _linear_fit(p, m, k, te, slope, offset, chi2, gain)
+    if iterations > 0:
+        _nonlinear_fit(p, m, k, te, slope, offset, chi2, iterations, 1e-4)
+    if te.size >= 3:
+        sigma2 = _pooled_sigma2(chi2, k, te.size, noise_fwhm_mm, voxel_size)
+    else:
+        sigma2 = _background_sigma2(magnitude[..., 0], mask, te.size)
+    field[box] = slope / np.float32(2 * np.pi) * k
+    noise[box] = np.where(k, np.sqrt(sigma2 * gain) / np.float32(2 * np.pi), 0)
+    return field, noise
 
 
-def _sigma2(chi2, magnitude, mask, nechoes, noise_fwhm_mm, voxel_size):
-    """Complex noise variance (magnitude units^2), per voxel (3+ echoes) or global."""
-    if nechoes >= 3:
-        sigma = noise_fwhm_mm / 2.3548 / np.asarray(voxel_size, dtype=float)
-        weight = ndimage.gaussian_filter(mask.astype(np.float32), sigma)
-        pooled = ndimage.gaussian_filter(chi2 * mask, sigma)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(mask, pooled / (weight * (nechoes - 2)), 0).astype(np.float32)
-    outside = ~ndimage.binary_dilation(mask, iterations=3) & (magnitude[..., 0] > 0)
+def _pooled_sigma2(chi2, mask, nechoes, noise_fwhm_mm, voxel_size):
+    """Complex noise variance (magnitude units^2) per voxel from the pooled fit residuals."""
+    sigma = noise_fwhm_mm / 2.3548 / np.asarray(voxel_size, dtype=float)
+    weight = ndimage.gaussian_filter(mask.astype(np.float32), sigma)
+    pooled = ndimage.gaussian_filter(chi2 * mask, sigma)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(mask, pooled / (weight * (nechoes - 2)), 0).astype(np.float32)
+
+
+def _background_sigma2(magnitude, mask, nechoes):
+    """Complex noise variance from the magnitude outside the mask (Rayleigh), or 1."""
+    magnitude = np.nan_to_num(magnitude, nan=0.0, posinf=0.0, neginf=0.0)
+    outside = ~ndimage.binary_dilation(mask, iterations=3) & (magnitude > 0)
     if outside.sum() >= 100:
         # Rayleigh background: E[m^2] = 2 sigma^2.
-        return np.float32(np.mean(magnitude[..., 0][outside].astype(np.float64) ** 2) / 2)
+        return np.float32(np.mean(magnitude[outside].astype(np.float64) ** 2) / 2)
     logger.warning(
         "noise level unknown (%d echo(es), blank background): noise map is relative", nechoes
     )
     return np.float32(1.0)
-
-
-def _noise_hz(sigma2, gain, mask):
-    return np.where(mask, np.sqrt(sigma2 * gain) / (2 * np.pi), 0).astype(np.float32)
 
 
 def linear(
@@ -175,11 +192,7 @@ def linear(
     mask: bool (X, Y, Z); te: echo times (s); voxel_size: mm (for the noise pooling,
     `noise_fwhm_mm`). Returns float32 maps, 0 outside the mask. See the module docstring.
     """
-    phase, magnitude, mask, te, (field, _offset, chi2, gain) = _fit(
-        unwrapped4d_rad, magnitude, mask, te
-    )
-    sigma2 = _sigma2(chi2, magnitude, mask, te.size, noise_fwhm_mm, voxel_size)
-    return (field / np.float32(2 * np.pi)) * mask, _noise_hz(sigma2, gain, mask)
+    return _combine(unwrapped4d_rad, magnitude, mask, te, voxel_size, noise_fwhm_mm, 0)
 
 
 def nonlinear(
@@ -198,12 +211,7 @@ def nonlinear(
     change below 1e-4 rad). Wrapped input works too (the cost is 2 pi periodic in each echo)
     provided the linear start is within the capture range; unwrapped input makes it so.
     """
-    phase, magnitude, mask, te, (field, offset, chi2, gain) = _fit(
-        unwrapped4d_rad, magnitude, mask, te
-    )
-    _nonlinear_fit(phase, magnitude, mask, te, field, offset, chi2, iterations, 1e-4)
-    sigma2 = _sigma2(chi2, magnitude, mask, te.size, noise_fwhm_mm, voxel_size)
-    return (field / np.float32(2 * np.pi)) * mask, _noise_hz(sigma2, gain, mask)
+    return _combine(unwrapped4d_rad, magnitude, mask, te, voxel_size, noise_fwhm_mm, iterations)
 
 
 def mcpc3ds_offset(
@@ -223,11 +231,10 @@ def mcpc3ds_offset(
     magnitude with a Gaussian of `sigma_voxels` (voxels). Subtract it from every echo with
     `remove_offset`. A single echo gives 0 (the offset cannot be separated from the field).
     """
-    from .unwrap import _romeo_spatial, _wrap
-
     phase, magnitude, mask, te = _checked(phase4d, magnitude4d, mask, te)
     if phase.shape[3] < 2:
         return np.zeros(phase.shape[:3], np.float32)
+    phase, magnitude = _finite_copies(phase[..., :2], magnitude[..., :2])
     diff = _wrap(phase[..., 1] - phase[..., 0])
     weight = np.minimum(magnitude[..., 0], magnitude[..., 1])
     unwrapped = _romeo_spatial(diff, weight, mask, None, te) * mask
@@ -241,8 +248,6 @@ def mcpc3ds_offset(
 
 def remove_offset(phase4d, offset):
     """Wrapped phase (rad) with a 3-D offset (rad) subtracted from every echo, float32."""
-    from .unwrap import _wrap
-
     phase = np.asarray(phase4d, dtype=np.float32)
     return _wrap(phase - (offset[..., None] if phase.ndim == 4 else offset))
 

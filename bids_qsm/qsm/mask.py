@@ -31,8 +31,12 @@ def _as4d(array):
 
 def rss(magnitude4d):
     """Root-sum-of-squares over echoes of a (X, Y, Z[, N]) magnitude, float32 (NaN -> 0)."""
-    mag = np.nan_to_num(_as4d(magnitude4d), nan=0.0, posinf=0.0, neginf=0.0)
-    return np.sqrt(np.sum(mag.astype(np.float32) ** 2, axis=-1))
+    mag = _as4d(magnitude4d)
+    total = np.zeros(mag.shape[:3], np.float32)
+    for n in range(mag.shape[3]):
+        total += np.square(mag[..., n])
+    total[~np.isfinite(total)] = 0
+    return np.sqrt(total)
 
 
 def background_level(magnitude):
@@ -58,9 +62,12 @@ def _clean(mask, voxel_size, erode_mm, fill_holes=True):
     sizes[0] = 0
     mask = labels == np.argmax(sizes)
     if fill_holes:
-        mask = ndimage.binary_fill_holes(mask)
+        # On the component's bounding box (plus a border, so that outside stays outside).
+        box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in np.nonzero(mask))
+        part = ndimage.binary_fill_holes(mask[box])
         for axis in range(3):
-            mask |= _fill_slices(mask, axis)
+            part |= _fill_slices(part, axis)
+        mask[box] = part
     if erode_mm > 0:
         # Distance from the outside, in mm: erosion by a physical depth whatever the voxel shape.
         depth = ndimage.distance_transform_edt(mask, sampling=voxel_size)

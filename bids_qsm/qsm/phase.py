@@ -11,6 +11,7 @@ caller where they were.
 import logging
 
 import numpy as np
+from numba import njit, prange
 
 logger = logging.getLogger(__name__)
 
@@ -24,20 +25,30 @@ _RAD_TOLERANCE = 1e-3  # rad; float round-off of a converter writing +-pi
 
 
 def wrap(phase):
-    """Wrap phase (rad) into [-pi, pi), float32."""
+    """Wrap phase (rad) into [-pi, pi), float32 (a new array)."""
     phase = np.asarray(phase, dtype=np.float32)
-    out = np.mod(phase + np.float32(np.pi), np.float32(2 * np.pi))
-    out -= np.float32(np.pi)
-    # float32 round-off can land exactly on +pi; that is -pi.
-    out[out >= np.float32(np.pi)] = -np.float32(np.pi)
+    out = np.empty(phase.shape, dtype=np.float32)
+    _wrap_kernel(phase.reshape(-1), out.reshape(-1))
     return out
+
+
+@njit(parallel=True, fastmath=False, cache=True)
+def _wrap_kernel(phase, out):
+    # float64 inside: exact enough that float32 round-off never lands on +pi unwrapped.
+    for i in prange(phase.size):
+        value = np.float64(phase[i])
+        wrapped = value - 2 * np.pi * np.floor((value + np.pi) / (2 * np.pi))
+        result = np.float32(wrapped)
+        if result >= np.float32(np.pi):
+            result = -np.float32(np.pi)
+        out[i] = result
 
 
 def finite_mask(*arrays):
     """True where every array is finite (NaN/Inf are missing data); arrays broadcast together."""
-    out = np.ones(np.broadcast_shapes(*(np.shape(a) for a in arrays)), dtype=bool)
-    for a in arrays:
-        out &= np.isfinite(a)
+    out = np.isfinite(arrays[0])
+    for a in arrays[1:]:
+        out = out & np.isfinite(a)
     return out
 
 
@@ -83,6 +94,9 @@ def scale_phase(phase, *, units="auto"):
                 vmax - vmin,
             )
 
+    if units == "rad" and vmin >= -np.pi and vmax < np.pi:
+        radians = values  # already wrapped: a copy, no arithmetic
+        return np.array(radians) if complete else _scatter(radians, finite)
     if units == "rad":
         radians = values
     elif _siemens_range(values, vmin, vmax, *_SIEMENS_UNSIGNED):
@@ -97,10 +111,12 @@ def scale_phase(phase, *, units="auto"):
         )
         span = vmax - vmin if vmax > vmin else 1.0
         radians = (values - np.float32(vmin)) * np.float32(2 * np.pi / span) - np.float32(np.pi)
-    if complete:
-        return wrap(radians)
-    out = np.zeros(phase.shape, dtype=np.float32)
-    out[finite] = wrap(radians)
+    return wrap(radians) if complete else _scatter(wrap(radians), finite)
+
+
+def _scatter(values, where):
+    out = np.zeros(where.shape, dtype=np.float32)
+    out[where] = values
     return out
 
 

@@ -57,7 +57,11 @@ def register(
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(num_threads))
     fixed_img = _to_sitk(fixed, fixed_affine)
     moving_img = _binned(_to_sitk(moving, moving_affine), min(fixed_img.GetSpacing()))
-    cost = {"histogram_bins": histogram_bins, "sampling": sampling, "seed": seed}
+    cost = {
+        "histogram_bins": histogram_bins,
+        "sampling": sampling,
+        "seed": seed,
+    }
 
     world = sitk.Euler3DTransform()
     world.SetCenter(_centre(fixed_img))
@@ -182,35 +186,39 @@ def _binned(img, voxel_mm):
     return sitk.BinShrink(smooth, [int(x) for x in factors])
 
 
-# (shrink factor of the fixed grid, Gaussian smoothing in mm) per resolution level
-RELAX = 0.5
-_LEVELS = ((4, 4.0), (2, 2.0), (1, 1.0))
+# Resolution levels: (shrink factor of the fixed grid, Gaussian smoothing in mm, first step in
+# mm). Each level starts its steps afresh at about a quarter of its voxel: a large first step at
+# the finest level overshoots and the halving then stops short of the optimum.
+_LEVELS = ((4, 4.0, 2.0), (2, 2.0, 1.0), (1, 1.0, 0.5))
 
 
 def _optimise(fixed, moving, transform, *, levels, histogram_bins, sampling, seed):
     """Run a multi-resolution mutual-information registration in place; final metric value."""
     import SimpleITK as sitk
 
-    method = sitk.ImageRegistrationMethod()
-    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=int(histogram_bins))
-    method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(float(sampling), int(seed))
-    method.SetInterpolator(sitk.sitkLinear)
-    # Steps are in mm: the scales make a 1 mm shift and a 1 mm motion at the head's rim equal.
-    method.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=2.0,
-        minStep=1e-3,
-        numberOfIterations=200,
-        relaxationFactor=RELAX,
-        gradientMagnitudeTolerance=1e-6,
-    )
-    method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel([shrink for shrink, _ in levels])
-    method.SetSmoothingSigmasPerLevel([sigma for _, sigma in levels])
-    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-    method.SetInitialTransform(transform, inPlace=True)
-    method.Execute(fixed, moving)
-    return float(method.GetMetricValue())
+    value = np.nan
+    for shrink, sigma_mm, step_mm in levels:
+        method = sitk.ImageRegistrationMethod()
+        method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=int(histogram_bins))
+        method.SetMetricSamplingStrategy(method.RANDOM)
+        method.SetMetricSamplingPercentage(float(sampling), int(seed))
+        method.SetInterpolator(sitk.sitkLinear)
+        # The scales make a 1 mm shift and a 1 mm motion at the image's rim equal steps.
+        method.SetOptimizerAsRegularStepGradientDescent(
+            learningRate=step_mm,
+            minStep=step_mm * 1e-3,
+            numberOfIterations=200,
+            relaxationFactor=0.5,
+            gradientMagnitudeTolerance=1e-8,
+        )
+        method.SetOptimizerScalesFromPhysicalShift()
+        method.SetShrinkFactorsPerLevel([shrink])
+        method.SetSmoothingSigmasPerLevel([sigma_mm])
+        method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+        method.SetInitialTransform(transform, inPlace=True)
+        method.Execute(fixed, moving)
+        value = float(method.GetMetricValue())
+    return value
 
 
 @njit(cache=True, inline="always")

@@ -18,6 +18,8 @@ import logging
 import numpy as np
 from numba import njit, prange
 
+from .unwrap import _bbox
+
 logger = logging.getLogger(__name__)
 
 R2STAR_MAX = 1000.0  # 1/s
@@ -30,9 +32,20 @@ def _checked(magnitude4d, te, mask):
     te = np.atleast_1d(np.asarray(te, dtype=np.float64))
     if te.size != mag.shape[3] or te.size < 2:
         raise ValueError(f"R2* needs >= 2 echoes with one TE each ({te.size} TEs, {mag.shape})")
-    mag = np.where(np.isfinite(mag), mag, 0).astype(np.float32)
     mask = np.ones(mag.shape[:3], bool) if mask is None else np.asarray(mask, dtype=bool)
+    if mask.shape != mag.shape[:3]:
+        raise ValueError(f"mask {mask.shape} does not match the magnitude {mag.shape}")
     return mag, te, mask
+
+
+def _on_box(fit, mag, mask):
+    """Run `fit(magnitude, mask) -> r2star` on the mask's bounding box (NaN -> 0 there)."""
+    out = np.zeros(mask.shape, np.float32)
+    if mask.any():
+        box = _bbox(mask)
+        cropped = np.nan_to_num(np.array(mag[box], dtype=np.float32), nan=0.0, posinf=0.0)
+        out[box] = fit(cropped, np.ascontiguousarray(mask[box]))
+    return out
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -68,9 +81,13 @@ def loglinear(magnitude4d, *, te, mask=None):
     magnitude4d: (X, Y, Z, N >= 2) magnitude (any units); te: echo times (s); mask: bool.
     """
     mag, te, mask = _checked(magnitude4d, te, mask)
-    out = np.zeros(mag.shape[:3], np.float32)
-    _loglinear(mag, te, mask, out, R2STAR_MAX)
-    return out
+
+    def fit(m, k):
+        out = np.zeros(k.shape, np.float32)
+        _loglinear(m, te, k, out, R2STAR_MAX)
+        return out
+
+    return _on_box(fit, mag, mask)
 
 
 def arlo(magnitude4d, *, te, mask=None):
@@ -87,15 +104,36 @@ def arlo(magnitude4d, *, te, mask=None):
             f"ARLO needs >= 3 equally spaced echoes (TE = {te.tolist()} s); use 'loglinear'"
         )
     dt = spacing[0]
-    m = mag[mask].astype(np.float64)
-    s = dt / 3 * (m[:, :-2] + 4 * m[:, 1:-1] + m[:, 2:])
-    d = m[:, :-2] - m[:, 2:]
-    ss, sd, dd = (s * s).sum(1), (s * d).sum(1), (d * d).sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r2 = (dt / 3 * dd + sd) / (ss + dt / 3 * sd)
-    out = np.zeros(mag.shape[:3], np.float32)
-    out[mask] = np.clip(np.nan_to_num(r2, nan=0.0, posinf=R2STAR_MAX), 0, R2STAR_MAX)
-    return out
+
+    def fit(m, k):
+        out = np.zeros(k.shape, np.float32)
+        _arlo(m, dt, k, out, R2STAR_MAX)
+        return out
+
+    return _on_box(fit, mag, mask)
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _arlo(mag, dt, mask, out, rmax):
+    nx, ny, nz, ne = mag.shape
+    for x in prange(nx):
+        for y in range(ny):
+            for z in range(nz):
+                if not mask[x, y, z]:
+                    continue
+                ss = sd = dd = 0.0
+                for n in range(ne - 2):
+                    m0, m1, m2 = mag[x, y, z, n], mag[x, y, z, n + 1], mag[x, y, z, n + 2]
+                    s = dt / 3 * (m0 + 4 * m1 + m2)
+                    d = m0 - m2
+                    ss += s * s
+                    sd += s * d
+                    dd += d * d
+                den = ss + dt / 3 * sd
+                if den <= 0:
+                    continue
+                r2 = (dt / 3 * dd + sd) / den
+                out[x, y, z] = min(max(r2, 0.0), rmax)
 
 
 def t2star_from_r2star(r2star):

@@ -110,11 +110,14 @@ def _div2_at(q, i, j, k, c0, c1, c2, r0, r1, r2):
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def _dual_step(chi_, phi_, w_, eta, p, q, lap_phi0, labels, sigma, alpha1, alpha0, r, wc):
-    """eta += sigma m0 (Wave chi_ - Lap phi_ - Lap phi0); p, q: projected ascent (m1 = mask)."""
+def _dual_step(chi_, phi_, w_, eta, p, q, lap_phi0, labels, steps, alpha1, alpha0, r, wc):
+    """eta += s_eta m0 (Wave chi_ - Lap phi_ - Lap phi0); p, q: projected ascent (m1 = mask).
+
+    steps: (s_eta, s_p, s_q, t_chi, t_phi, t_w), the dual and primal step sizes."""
     nx, ny, nz = chi_.shape
     r0, r1, r2 = r[0], r[1], r[2]
     l0, l1, l2 = r0 * r0, r1 * r1, r2 * r2
+    s_eta, s_p, s_q = steps[0], steps[1], steps[2]
     ia1 = np.float32(1.0) / alpha1
     ia0 = np.float32(1.0) / alpha0
     one = np.float32(1.0)
@@ -127,10 +130,10 @@ def _dual_step(chi_, phi_, w_, eta, p, q, lap_phi0, labels, sigma, alpha1, alpha
                 resid = (
                     _wave_at(chi_, i, j, k, wc) - _lap_at(phi_, i, j, k, l0, l1, l2)
                 ) - lap_phi0[i, j, k]
-                eta[i, j, k] += sigma * m0 * resid
+                eta[i, j, k] += s_eta * m0 * resid
 
                 d0, d1, d2 = _grad_at(chi_, i, j, k, r0, r1, r2)
-                s1 = sigma * m1
+                s1 = s_p * m1
                 g0 = p[0, i, j, k] + s1 * (d0 - w_[0, i, j, k])
                 g1 = p[1, i, j, k] + s1 * (d1 - w_[1, i, j, k])
                 g2 = p[2, i, j, k] + s1 * (d2 - w_[2, i, j, k])
@@ -140,12 +143,13 @@ def _dual_step(chi_, phi_, w_, eta, p, q, lap_phi0, labels, sigma, alpha1, alpha
                 p[2, i, j, k] = g2 / scale
 
                 exx, exy, exz, eyy, eyz, ezz = _symgrad_at(w_, i, j, k, r0, r1, r2)
-                qxx = q[0, i, j, k] + s1 * exx
-                qxy = q[1, i, j, k] + s1 * exy
-                qxz = q[2, i, j, k] + s1 * exz
-                qyy = q[3, i, j, k] + s1 * eyy
-                qyz = q[4, i, j, k] + s1 * eyz
-                qzz = q[5, i, j, k] + s1 * ezz
+                s2 = s_q * m1
+                qxx = q[0, i, j, k] + s2 * exx
+                qxy = q[1, i, j, k] + s2 * exy
+                qxz = q[2, i, j, k] + s2 * exz
+                qyy = q[3, i, j, k] + s2 * eyy
+                qyz = q[4, i, j, k] + s2 * eyz
+                qzz = q[5, i, j, k] + s2 * ezz
                 norm2 = qxx * qxx + qyy * qyy + qzz * qzz + 2 * (qxy * qxy + qxz * qxz + qyz * qyz)
                 scale = max(one, math.sqrt(norm2) * ia0)
                 q[0, i, j, k] = qxx / scale
@@ -157,7 +161,7 @@ def _dual_step(chi_, phi_, w_, eta, p, q, lap_phi0, labels, sigma, alpha1, alpha
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def _primal_step(chi, chi_, phi, phi_, w, w_, eta, p, q, labels, tau, r, wc):
+def _primal_step(chi, chi_, phi, phi_, w, w_, eta, p, q, labels, steps, r, wc):
     """Descent on chi, w; prox of 1/2||phi||^2 in the mask; extrapolation x_ = 2 x_new - x.
 
     eta, p and q are zero outside mask0 / mask (they never leave it), so no mask is needed here
@@ -166,7 +170,8 @@ def _primal_step(chi, chi_, phi, phi_, w, w_, eta, p, q, labels, tau, r, wc):
     nx, ny, nz = chi.shape
     r0, r1, r2 = r[0], r[1], r[2]
     l0, l1, l2 = r0 * r0, r1 * r1, r2 * r2
-    damp = np.float32(1.0) / (np.float32(1.0) + tau)
+    t_chi, t_phi, t_w = steps[3], steps[4], steps[5]
+    damp = np.float32(1.0) / (np.float32(1.0) + t_phi)
     two = np.float32(2.0)
     change = 0.0
     total = 0.0
@@ -177,7 +182,7 @@ def _primal_step(chi, chi_, phi, phi_, w, w_, eta, p, q, labels, tau, r, wc):
             for k in range(1, nz - 1):
                 m1 = np.float32(labels[i, j, k] & 1)
                 old = chi[i, j, k]
-                new = old + tau * (_div_at(p, i, j, k, r0, r1, r2) - _wave_at(eta, i, j, k, wc))
+                new = old + t_chi * (_div_at(p, i, j, k, r0, r1, r2) - _wave_at(eta, i, j, k, wc))
                 chi[i, j, k] = new
                 chi_[i, j, k] = two * new - old
                 dsum += m1 * (new - old) * (new - old)
@@ -185,7 +190,7 @@ def _primal_step(chi, chi_, phi, phi_, w, w_, eta, p, q, labels, tau, r, wc):
 
                 old = phi[i, j, k]
                 factor = m1 * damp + (np.float32(1.0) - m1)
-                new = (old + tau * _lap_at(eta, i, j, k, l0, l1, l2)) * factor
+                new = (old + t_phi * _lap_at(eta, i, j, k, l0, l1, l2)) * factor
                 phi[i, j, k] = new
                 phi_[i, j, k] = two * new - old
 
@@ -193,15 +198,15 @@ def _primal_step(chi, chi_, phi, phi_, w, w_, eta, p, q, labels, tau, r, wc):
                 div_q1 = _div2_at(q, i, j, k, 1, 3, 4, r0, r1, r2)
                 div_q2 = _div2_at(q, i, j, k, 2, 4, 5, r0, r1, r2)
                 old = w[0, i, j, k]
-                new = old + tau * (p[0, i, j, k] + div_q0)
+                new = old + t_w * (p[0, i, j, k] + div_q0)
                 w[0, i, j, k] = new
                 w_[0, i, j, k] = two * new - old
                 old = w[1, i, j, k]
-                new = old + tau * (p[1, i, j, k] + div_q1)
+                new = old + t_w * (p[1, i, j, k] + div_q1)
                 w[1, i, j, k] = new
                 w_[1, i, j, k] = two * new - old
                 old = w[2, i, j, k]
-                new = old + tau * (p[2, i, j, k] + div_q2)
+                new = old + t_w * (p[2, i, j, k] + div_q2)
                 w[2, i, j, k] = new
                 w_[2, i, j, k] = two * new - old
         change += dsum
@@ -369,6 +374,31 @@ def operator_norm(voxel_size, b0_dir, samples=33):
     return 1.01 * math.sqrt(float(np.linalg.eigvalsh(gram)[:, -1].max()))
 
 
+def diagonal_steps(voxel_size, wc):
+    """Pock-Chambolle (2011) diagonal steps (alpha = 1), one per block, from the stencils' sums
+    of |coefficients|: sigma_i = 1/sum_j |K_ij| over each dual row block (eta, p, q), tau_j =
+    1/sum_i |K_ij| over each primal column block (chi, phi, w). The off-diagonal rows of E count
+    with sqrt(2) (the Frobenius inner product). Returns float32 (s_eta, s_p, s_q, t_chi, t_phi,
+    t_w); they satisfy ||S^1/2 K T^1/2|| <= 1, so the iteration converges without a norm estimate.
+    """
+    r = 1.0 / np.asarray(voxel_size, dtype=float)
+    wave_sum = abs(wc[0]) + 2.0 * np.abs(wc[1:]).sum()
+    lap_sum = 4.0 * (r**2).sum()
+    half = math.sqrt(2.0) / 2.0
+    q_rows = [2 * r[d] for d in range(3)]
+    q_rows += [half * (2 * r[d] + 2 * r[e]) for d, e in ((0, 1), (0, 2), (1, 2))]
+    w_cols = [1.0 + 2 * r[d] + sum(half * 2 * r[e] for e in range(3) if e != d) for d in range(3)]
+    sums = [
+        wave_sum + lap_sum,  # eta row
+        1.0 + 2.0 * r.max(),  # p rows
+        max(q_rows),  # q rows
+        wave_sum + 2.0 * r.sum(),  # chi column
+        lap_sum,  # phi column
+        max(w_cols),  # w columns
+    ]
+    return np.array([1.0 / v for v in sums], dtype=np.float32)
+
+
 # ----------------------------------------------------------------------------------------------
 # The solver.
 
@@ -387,6 +417,7 @@ def solve(
     tol=0.0,
     mask0=None,
     chi0=None,
+    preconditioned=True,
 ):
     """Run TGV-QSM on a box; returns chi in the units of phi0 (rad in, "rad" out).
 
@@ -410,7 +441,10 @@ def solve(
     a0 = np.float32(alpha0 / g**2)
     r = _reciprocal(h)
     wc = wave_coefficients(h, b0_dir)
-    step = np.float32(1.0 / operator_norm(h, b0_dir))
+    if preconditioned:
+        steps = diagonal_steps(h, wc)
+    else:
+        steps = np.full(6, 1.0 / operator_norm(h, b0_dir), dtype=np.float32)
 
     labels = np.zeros(shape, dtype=np.uint8)
     labels[inner] = mask.astype(np.uint8) | (mask0.astype(np.uint8) << 1)
@@ -425,11 +459,11 @@ def solve(
 
     done = 0
     for done in range(1, iterations + 1):  # noqa: B007 (the count is returned)
-        _dual_step(chi_, phi_, w_, eta, p, q, lap0, labels, step, a1, a0, r, wc)
-        change, total = _primal_step(chi, chi_, phi, phi_, w, w_, eta, p, q, labels, step, r, wc)
+        _dual_step(chi_, phi_, w_, eta, p, q, lap0, labels, steps, a1, a0, r, wc)
+        change, total = _primal_step(chi, chi_, phi, phi_, w, w_, eta, p, q, labels, steps, r, wc)
         if tol > 0 and total > 0 and change < tol * tol * total:
             break
-    logger.debug("TGV: %d iterations, step %.4f", done, step)
+    logger.debug("TGV: %d iterations, steps %s", done, steps)
     return chi[inner], done
 
 

@@ -36,14 +36,12 @@ import numpy as np
 import scipy.fft
 from numba import njit, prange
 
+from .phase import wrap as _wrap
+
 logger = logging.getLogger(__name__)
 
 TWO_PI = 2 * np.pi
 _NBINS = 256
-
-
-def _wrap(phase):
-    return (np.mod(phase + np.pi, TWO_PI) - np.pi).astype(np.float32)
 
 
 def _bbox(mask, margin=1):
@@ -70,10 +68,18 @@ def _checked(phase4d, magnitude, mask, te):
     te = np.atleast_1d(np.asarray(te, dtype=np.float64))
     if te.size != phase.shape[3]:
         raise ValueError(f"{te.size} echo times for {phase.shape[3]} echoes")
-    finite = np.isfinite(phase) & np.isfinite(magnitude)
-    phase = np.where(finite, phase, 0).astype(np.float32)
-    magnitude = np.where(finite, magnitude, 0).astype(np.float32)
     return phase, magnitude, mask, te
+
+
+def _finite_copies(phase, magnitude):
+    """Contiguous float32 copies with non-finite voxels (in either) set to 0 (missing data)."""
+    phase = np.array(phase, dtype=np.float32)
+    magnitude = np.array(magnitude, dtype=np.float32)
+    missing = ~(np.isfinite(phase) & np.isfinite(magnitude))
+    if missing.any():
+        phase[missing] = 0
+        magnitude[missing] = 0
+    return phase, magnitude
 
 
 def _center(unwrapped, mask):
@@ -89,10 +95,12 @@ def _multi_echo(spatial, phase4d, magnitude, mask, te):
     if not mask.any():
         return out
     box = _bbox(mask)
-    p, m, k = phase[box], magnitude[box], mask[box]
+    p, m = _finite_copies(phase[box], magnitude[box])
+    k = np.ascontiguousarray(mask[box])
     result = np.zeros(p.shape, dtype=np.float32)
-    second = p[..., 1] if p.shape[3] > 1 else None
-    result[..., 0] = _center(spatial(p[..., 0], m[..., 0], k, second, te), k)
+    first = np.ascontiguousarray(p[..., 0])
+    second = np.ascontiguousarray(p[..., 1]) if p.shape[3] > 1 else None
+    result[..., 0] = _center(spatial(first, np.ascontiguousarray(m[..., 0]), k, second, te), k)
     if p.shape[3] > 1:
         diff = _wrap(p[..., 1] - p[..., 0])
         # The difference's magnitude is the weaker echo's (its noise dominates the difference).
@@ -388,10 +396,18 @@ def voxel_quality(phase4d, *, magnitude=None, te=None, mask=None):
     if te is None:
         te = np.arange(1, nechoes + 1, dtype=float)
     phase, magnitude, mask, te = _checked(phase4d, magnitude, mask, te)
+    phase, magnitude = _finite_copies(phase, magnitude)
     use_second = phase.shape[3] > 1
     ratio = float(te[0] / te[1]) if use_second else 0.0
     second = phase[..., 1] if use_second else phase[..., 0]
-    bins = _edge_bins(phase[..., 0], second, ratio, use_second, magnitude[..., 0], mask)
+    bins = _edge_bins(
+        np.ascontiguousarray(phase[..., 0]),
+        np.ascontiguousarray(second),
+        ratio,
+        use_second,
+        np.ascontiguousarray(magnitude[..., 0]),
+        mask,
+    )
     quality = np.where(bins > 0, 1 - (bins.astype(np.float32) - 1) / 254, 0).astype(np.float32)
     total = quality.sum(axis=0)
     for d in range(3):

@@ -37,7 +37,7 @@ def init_single_subject_wf(subject, runs, settings):
     workflow.__desc__ = (
         f"Results included in this manuscript come from quantitative susceptibility mapping "
         f"performed with bids_qsm {__version__}. {len(runs)} multi-echo gradient-echo "
-        f"run{'s were' if len(runs) > 1 else ' was'} processed for this subject."
+        f"run{'s were' if len(runs) > 1 else ' was'} processed for this subject.\n\n"
     )
     methods = settings.workflow
     threads = resolve_threads(settings).omp_nthreads
