@@ -55,6 +55,11 @@ class Workflow:
     background: str = "vsharp"
     inversion: str = "tikhonov"
     reference: str = "mean"
+    reference_labels: str = "csf"
+    segmentation_dir: Path | None = None
+    segmentation_lut: str = "auto"
+    registration: str = "rigid"
+    roi_erode: int = 0
 
 
 @dataclass

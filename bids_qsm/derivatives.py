@@ -7,7 +7,10 @@ from pathlib import Path
 from bids_qsm import __version__
 
 # Outputs that BIDS has no name for yet, and our logs.
-BIDSIGNORE = ("logs/", "figures", "*.html", "*_fieldmap.*", "*_swi.*", "*_minIP.*")
+BIDSIGNORE = (
+    "logs/", "figures", "group/", "*.html", "*_fieldmap.*", "*_swi.*", "*_minIP.*",
+    "*_desc-roistats_Chimap.*", "*_xfm.*",
+)  # fmt:skip
 
 
 class OutputDirError(RuntimeError):

@@ -213,16 +213,22 @@ def _sidecar_warnings(path):
 
 
 def _robust_z(values):
-    """0.6745 (x - median) / MAD over the finite values; NaN where undefined (< 3 values, MAD 0)."""
+    """Robust z-scores of the finite values: 0.6745 (x - median) / MAD.
+
+    When more than half the values are equal (MAD 0) the mean absolute deviation from the median
+    stands in, (x - median) / (1.2533 MeanAD); NaN with fewer than 3 values or no spread at all.
+    """
     x = np.asarray(values, float)
     z = np.full(x.shape, np.nan)
     finite = np.isfinite(x)
     if finite.sum() < 3:
         return z
-    median = np.median(x[finite])
-    mad = np.median(np.abs(x[finite] - median))
+    deviation = x[finite] - np.median(x[finite])
+    mad = np.median(np.abs(deviation))
     if mad > 0:
-        z[finite] = 0.6745 * (x[finite] - median) / mad
+        z[finite] = 0.6745 * deviation / mad
+    elif np.any(deviation):
+        z[finite] = deviation / (1.2533 * np.mean(np.abs(deviation)))
     return z
 
 

@@ -269,7 +269,8 @@ def _strip(label, prefix):
 
 def _nii_files(root, suffix):
     files = [*root.rglob(f"*_{suffix}.nii.gz"), *root.rglob(f"*_{suffix}.nii")]
-    return sorted(p for p in files if not any(part.startswith(".") for part in p.parts))
+    hidden = [p for p in files if any(x.startswith(".") for x in p.relative_to(root).parts)]
+    return sorted(set(files) - set(hidden))
 
 
 def _candidates(root, subject, session, desc):
@@ -280,7 +281,7 @@ def _candidates(root, subject, session, desc):
     for path in files:
         folder = next((p[4:] for p in path.relative_to(root).parts if p.startswith("sub-")), None)
         named = _entities(path).get("sub")
-        if folder is not None and named is not None and folder != named:
+        if subject in (folder, named) and None not in (folder, named) and folder != named:
             raise SegmentationError(path, f"file is named sub-{named} but lies in sub-{folder}/")
     mine = [p for p in files if _entities(p).get("sub") == subject]
     if not mine:

@@ -85,10 +85,10 @@ def test_field_error_at_noise_bound(method, te_ms, snr):
     assert not field_hz[~mask].any() and not noise_hz[~mask].any()
     bound = np.sqrt(np.mean(_crlb_hz(mag, te, sigma)[mask] ** 2))
     rms = np.sqrt(np.mean((field_hz - field)[mask] ** 2))
-    assert rms < 1.5 * bound, (rms, bound)
+    assert rms < 1.15 * bound, (rms, bound)  # measured: 1.00 x the bound
     # The noise map is a truthful reliability: its RMS matches the bound.
     reported = np.sqrt(np.mean(noise_hz[mask] ** 2))
-    assert 0.75 * bound < reported < 1.33 * bound, (reported, bound)
+    assert 0.9 * bound < reported < 1.1 * bound, (reported, bound)
 
 
 def test_single_echo_is_phase_over_te():
@@ -128,3 +128,48 @@ def test_nonlinear_matches_linear_without_wraps():
     lin, _ = linear(unwrapped, magnitude=np.abs(noisy), mask=mask, te=te)
     non, _ = nonlinear(unwrapped, magnitude=np.abs(noisy), mask=mask, te=te)
     assert np.percentile(np.abs(lin - non)[mask], 99) < 0.5
+
+
+def test_missing_echo_values_are_skipped():
+    te = np.array([3, 8, 13, 18]) * 1e-3
+    mask, field, _, _, _, noisy, unwrapped = _signal(te, 100)
+    magnitude = np.abs(noisy).astype(np.float32)
+    unwrapped[40, 30, 20, 1] = np.nan  # one echo's phase missing: fit the other three
+    magnitude[20, 30, 20, 2] = np.inf
+    for method in COMBINERS.values():
+        field_hz, noise_hz = method(unwrapped, magnitude=magnitude, mask=mask, te=te)
+        assert np.isfinite(field_hz).all() and np.isfinite(noise_hz).all()
+        assert abs(field_hz[40, 30, 20] - field[40, 30, 20]) < 2
+        assert abs(field_hz[20, 30, 20] - field[20, 30, 20]) < 2
+
+
+def test_siemens_phantom_mcpc3ds_single_echo_matches_fit(shared_data):
+    """After MCPC-3D-S, the last echo alone (phase / 2 pi TE) gives the multi-echo field."""
+    nib = pytest.importorskip("nibabel")
+    from bids_qsm.qsm.mask import otsu
+    from bids_qsm.qsm.phase import scale_phase
+    from bids_qsm.qsm.unwrap import romeo
+
+    anat = shared_data / "siemens_phantom_6echo" / "sub-phantom" / "anat"
+
+    def load(echo, part):
+        path = anat / f"sub-phantom_echo-{echo}_part-{part}_MEGRE.nii.gz"
+        return np.asarray(nib.load(path).dataobj, dtype=float)
+
+    phase = np.stack([scale_phase(load(e, "phase"), units="arbitrary") for e in range(1, 7)], -1)
+    mag = np.stack([load(e, "mag") for e in range(1, 7)], -1).astype(np.float32)
+    te = 2.5e-3 + 3e-3 * np.arange(6)
+    voxel_size = (2.1875, 2.1875, 3.0)
+    mask = otsu(mag, voxel_size=voxel_size)
+    field, noise = linear(
+        romeo(phase, magnitude=mag, mask=mask, te=te), magnitude=mag, mask=mask, te=te
+    )
+    assert np.median(noise[mask]) < 2  # Hz: a clean phantom
+    offset = mcpc3ds_offset(phase, mag, te, voxel_size=voxel_size, mask=mask)
+    cleaned = romeo(remove_offset(phase, offset), magnitude=mag, mask=mask, te=te)
+    single = cleaned[..., -1] / (2 * np.pi * te[-1])
+    diff = (single - field)[mask]
+    # Measured: median 0.7 Hz, median absolute deviation 2.1 Hz (the echoes are not exactly
+    # linear in TE: eddy currents); a wrong offset of 0.1 rad would add 0.9 Hz everywhere.
+    assert abs(np.median(diff)) < 2
+    assert np.median(np.abs(diff - np.median(diff))) < 4

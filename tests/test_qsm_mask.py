@@ -10,7 +10,7 @@ SHAPE = (80, 80, 64)
 TE = np.array([4.0, 10.0, 16.0, 22.0]) * 1e-3
 
 
-def _head(voxel_size=(1.0, 1.0, 1.0), snr=40.0, seed=0):
+def _head(voxel_size=(1.0, 1.0, 1.0), snr=20.0, seed=0):
     """(brain bool, magnitude (X, Y, Z, 4), wrapped phase (X, Y, Z, 4)) on a grid of 80 mm."""
     shape = tuple(int(round(80 / h)) for h in voxel_size[:2]) + (int(round(64 / voxel_size[2])),)
     x, y, z = np.meshgrid(
@@ -23,7 +23,9 @@ def _head(voxel_size=(1.0, 1.0, 1.0), snr=40.0, seed=0):
     # Deep grey matter with a short T2* and a vein (dark from the first echo), inside the brain.
     deep_gm = ((x - 8) / 6) ** 2 + (y / 5) ** 2 + (z / 5) ** 2 <= 1
     vein = ((x + 6) ** 2 + (z - 4) ** 2 <= 2.0) & (np.abs(y) < 15)
-    density = np.where(brain, 1.0 + 0.15 * np.sin(x / 7), 0.0) + np.where(scalp, 1.4, 0.0)
+    # Receive-coil shading: 0.5 at the front to 1.5 at the back, brighter near the surface.
+    coil = (1.0 + 0.5 * y / 40) * (1.0 + 0.3 * radius**2)
+    density = coil * (np.where(brain, 1.0 + 0.15 * np.sin(x / 7), 0.0) + np.where(scalp, 1.4, 0))
     density = np.where(vein, 0.15, density)
     r2star = np.where(deep_gm, 60.0, np.where(scalp, 40.0, 20.0))
     mag = density[..., None] * np.exp(-r2star[..., None] * TE)

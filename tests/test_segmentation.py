@@ -169,3 +169,33 @@ def test_roi_table_round_trip(tmp_path):
     assert float(back[1]["volume_mm3"]) == 16 * 8
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["ErodeVoxels"] == 0 and meta["mean"]["Units"] == "ppm"
+
+
+def test_labels_follow_the_registration_onto_the_megre_grid(seg_dir, monkeypatch):
+    """Plumbing: the T1w and the affines go to `register`; its transform moves the labels."""
+    shift = np.eye(4)
+    shift[:3, 3] = (2.0, 0.0, 0.0)  # the T1w world is 2 mm to the right of the MEGRE world
+    labels_anat = np.zeros((22, 26, 14), np.int16)
+    # Label 13 over MEGRE voxels x 4..5 (world -2..0 mm) + 2 mm shift = anatomical world 0..2 mm.
+    world_x = ANAT_AFFINE[0, 0] * np.arange(22) + ANAT_AFFINE[0, 3]
+    labels_anat[(world_x > -1.0) & (world_x < 3.0)] = 13
+    anat = seg_dir / "sub-01/anat"
+    save(anat / "sub-01_dseg.nii.gz", labels_anat, ANAT_AFFINE)
+    save(anat / "sub-01_T1w.nii.gz", np.ones(labels_anat.shape, np.float32), ANAT_AFFINE)
+    calls = {}
+
+    def fake_register(fixed, moving, *, fixed_affine, moving_affine, kind, num_threads):
+        calls.update(shape=moving.shape, fixed=fixed.shape, kind=kind,
+                     affines=(fixed_affine, moving_affine))  # fmt: skip
+        return shift
+
+    monkeypatch.setattr("bids_qsm.qsm.registration.register", fake_register)
+    magnitude = np.ones((*MEGRE_SHAPE, 3), np.float32)
+    labels, transform = labels_on_grid(find(seg_dir), magnitude=magnitude,
+                                       target_affine=MEGRE_AFFINE, kind="affine")  # fmt: skip
+    assert calls["shape"] == labels_anat.shape and calls["fixed"] == MEGRE_SHAPE
+    assert calls["kind"] == "affine"
+    np.testing.assert_allclose(calls["affines"][1], ANAT_AFFINE, atol=1e-6)
+    np.testing.assert_array_equal(transform, shift)
+    assert labels.shape == MEGRE_SHAPE
+    assert np.all(labels[4:6] == 13) and not np.any(labels[:4]) and not np.any(labels[6:])

@@ -41,6 +41,11 @@ SETTINGS_OF_ARGUMENT = {
     "background_method": ("workflow", "background"),
     "inversion_method": ("workflow", "inversion"),
     "reference": ("workflow", "reference"),
+    "reference_labels": ("workflow", "reference_labels"),
+    "segmentation_dir": ("workflow", "segmentation_dir"),
+    "segmentation_lut": ("workflow", "segmentation_lut"),
+    "registration": ("workflow", "registration"),
+    "roi_erode": ("workflow", "roi_erode"),
     "nipype_plugin": ("nipype", "plugin"),
     "plugin_args": ("nipype", "plugin_args"),
     "nprocs": ("nipype", "nprocs"),
@@ -292,6 +297,43 @@ def _build_parser(defaults: Settings | None = None) -> ArgumentParser:
     )
     qsm.add_argument("--reference", choices=choices["reference"], help="susceptibility reference")
 
+    roi = parser.add_argument_group("regions")
+    roi.add_argument(
+        "--segmentation-dir",
+        "--segmentation_dir",
+        type=_existing_dir,
+        metavar="DIR",
+        help="BIDS-Derivatives with a *_dseg.nii.gz per subject (on the MEGRE grid, or with its "
+        "*_T1w.nii.gz to register): per-label chi tables, and the 'labels' reference",
+    )
+    roi.add_argument(
+        "--segmentation-lut",
+        "--segmentation_lut",
+        metavar="{auto,freesurfer,TSV}",
+        help="label names: auto (the dseg.tsv beside the labels), freesurfer (aseg numbering), "
+        "or a dseg.tsv file",
+    )
+    roi.add_argument(
+        "--registration",
+        choices=["rigid", "affine"],
+        help="T1w-to-magnitude registration of a segmentation off the MEGRE grid",
+    )
+    roi.add_argument(
+        "--roi-erode",
+        "--roi_erode",
+        type=int,
+        choices=range(0, 4),
+        metavar="N",
+        help="erode each label by N voxels before its statistics (partial volume)",
+    )
+    roi.add_argument(
+        "--reference-labels",
+        "--reference_labels",
+        metavar="SPEC",
+        help="labels of the 'labels' reference: csf, ventricles, white-matter, or indices/names "
+        "separated by commas",
+    )
+
     parser.set_defaults(
         **{
             dest: getattr(getattr(defaults, section), key)
@@ -332,6 +374,8 @@ def parse_args(argv=None) -> tuple[Settings, int]:
         exe.work_dir = exe.work_dir.expanduser().absolute()
         if exe.bids_dir in [exe.work_dir, *exe.work_dir.parents]:
             parser.error("--work-dir must not be inside the BIDS dataset, which is never written")
+    if settings.workflow.reference == "labels" and settings.workflow.segmentation_dir is None:
+        parser.error("--reference labels needs --segmentation-dir")
     if settings.nipype.omp_nthreads and settings.nipype.nprocs:
         if settings.nipype.omp_nthreads > settings.nipype.nprocs:
             parser.error("--omp-nthreads cannot exceed --nprocs")

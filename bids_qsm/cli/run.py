@@ -26,8 +26,7 @@ def main(argv=None) -> int:
     _setup_logging(verbosity)
     exe = settings.execution
     if exe.analysis_level == "group":
-        print("bids_qsm: group level has nothing to gather yet (region statistics come later).")
-        return EX_OK
+        return _run_group(settings)
 
     if not exe.skip_bids_validation:
         code = _validate_input(exe.bids_dir)
@@ -48,6 +47,8 @@ def main(argv=None) -> int:
     except SelectionError as err:
         _error(str(err))
         return EX_NOSELECTION
+    segmentations, seg_problems = _find_segmentations(settings, runs)
+    problems = [*problems, *seg_problems]
     for problem in problems:
         _error(str(problem))
     if not runs:
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
         return EX_FAILED
     settings.to_toml(exe.log_dir / f"config-{exe.run_uuid}.toml")
 
-    failures = _run_workflow(settings, runs, verbosity)
+    failures = _run_workflow(settings, runs, segmentations, verbosity)
     from bids_qsm.reports.assemble import generate_reports
 
     by_subject = {}
@@ -99,7 +100,67 @@ def _validate_input(bids_dir):
     return EX_OK
 
 
-def _run_workflow(settings, runs, verbosity):
+def _find_segmentations(settings, runs):
+    """{run prefix: (Segmentation, reference label indices)}, and one problem per run without.
+
+    A run whose segmentation is missing or unusable is still processed, without region
+    statistics (and referenced to the brain mean if the label reference was asked for).
+    """
+    import nibabel as nb
+
+    from bids_qsm.bids import InputProblem
+    from bids_qsm.qsm.roi import resolve_labels
+    from bids_qsm.segmentation import SegmentationError, find_segmentation
+
+    methods = settings.workflow
+    if methods.segmentation_dir is None:
+        return {}, []
+    found, problems = {}, []
+    for run in runs:
+        header = nb.load(run.echoes[0].phase or run.echoes[0].real)
+        try:
+            segmentation = find_segmentation(
+                methods.segmentation_dir, subject=run.subject, session=run.session,
+                target_shape=header.shape[:3], target_affine=header.affine,
+                lookup=methods.segmentation_lut,
+            )  # fmt:skip
+        except SegmentationError as err:
+            message = f"{err.message} (no region statistics for {run.prefix})"
+            problems.append(InputProblem(err.path, run.subject, message))
+            continue
+        label_values = ()
+        if methods.reference == "labels":
+            try:
+                label_values = resolve_labels(methods.reference_labels, segmentation.names)
+            except ValueError as err:
+                message = f"{err} ({run.prefix} is referenced to the brain mean)"
+                problems.append(InputProblem(segmentation.dseg, run.subject, message))
+        found[run.prefix] = (segmentation, label_values)
+    return found, problems
+
+
+def _run_group(settings):
+    """Gather every run's region table into one cohort table, with QC and a figure."""
+    from bids_qsm.group import bids_subjects, run_group
+
+    exe = settings.execution
+    if not (exe.output_dir / "dataset_description.json").exists():
+        _error(f"{exe.output_dir}: no bids_qsm outputs here (run the participant level first)")
+        return EX_NOINPUT
+    result = run_group(
+        exe.output_dir,
+        expected_subjects=bids_subjects(exe.bids_dir, exe.participant_label or None),
+    )
+    for subject in result.missing_subjects:
+        logger.warning("%s: no region table (not processed, or no segmentation)", subject)
+    if not result.n_runs:
+        _error(f"{exe.output_dir}: no region statistics to gather (use --segmentation-dir)")
+        return EX_NOSELECTION
+    logger.info("group table of %d run(s): %s", result.n_runs, result.table)
+    return EX_OK
+
+
+def _run_workflow(settings, runs, segmentations, verbosity):
     """Build and run the graph; one line per failed node (empty when all went well)."""
     from nipype import config as nipype_config
     from nipype import logging as nipype_logging
@@ -127,7 +188,7 @@ def _run_workflow(settings, runs, verbosity):
         }
     )
     nipype_logging.update_logging(nipype_config)
-    workflow = init_bids_qsm_wf(settings, runs)
+    workflow = init_bids_qsm_wf(settings, runs, segmentations)
     methods = settings.workflow
     write_citation(
         exe.output_dir,

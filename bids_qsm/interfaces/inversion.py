@@ -79,6 +79,7 @@ class Invert(SimpleInterface):
 class _ReferenceInputSpec(_StageInputSpec):
     chimap = File(exists=True, mandatory=True, desc="susceptibility (ppm)")
     mask = File(exists=True, mandatory=True, desc="mask of the map")
+    labels = File(exists=True, desc="labels on the grid of the map (reference 'labels')")
     method = traits.Enum(*REFERENCES, usedefault=True, desc="reference region")
 
 
@@ -92,7 +93,8 @@ class Reference(SimpleInterface):
         chi, ref = load(self.inputs.chimap)
         chi, params, warnings = run_stage(
             REFERENCES[self.inputs.method], chi, load_mask(self.inputs.mask),
-            data={"labels": None}, params=self.inputs.params,
+            data={"labels": load(self.inputs.labels, np.int32)[0] if self.inputs.labels else None},
+            params=self.inputs.params,
         )  # fmt:skip
         self._results["out_file"] = save_like(ref, chi, runtime.cwd, "chi_referenced")
         self._results["params"] = {"method": self.inputs.method, **params}

@@ -11,7 +11,8 @@ weights are magnitude_n^2 (for phase/TE this is the familiar magnitude^2 TE^2).
   offset must have been removed, e.g. by `mcpc3ds_offset`, or is assumed 0).
 - `nonlinear`: the complex fit of Liu et al. 2013, min over (phi0, f) of
   sum_n m_n^2 |exp(i phase_n) - exp(i (phi0 + 2 pi f TE_n))|^2, by Gauss-Newton per voxel
-  (numba), started from the linear fit. Insensitive to residual 2 pi errors in single echoes.
+  (numba), started from the linear fit. The cost is periodic in each echo's phase and
+  down-weights echoes that disagree with the fit (residuals enter through sin, not linearly).
 
 noise_hz is the standard error of f: sigma * sqrt(S / (S Sxx - Sx^2)) / (2 pi), with
 S = sum m_n^2, Sx = sum m_n^2 TE_n, Sxx = sum m_n^2 TE_n^2. With 3+ echoes sigma^2 comes from the
@@ -208,8 +209,9 @@ def nonlinear(
     """Complex nonlinear fit (Liu et al. 2013) of multi-echo phase -> (field Hz, noise Hz).
 
     Arguments as `linear`; `iterations`: Gauss-Newton steps at most per voxel (it stops at a
-    change below 1e-4 rad). Wrapped input works too (the cost is 2 pi periodic in each echo)
-    provided the linear start is within the capture range; unwrapped input makes it so.
+    change below 1e-4 rad). The cost is 2 pi periodic in each echo, so once the linear start
+    is within about pi / 2 of the optimum in every echo the result does not depend on each
+    echo's multiple of 2 pi; unwrapped input puts the start there.
     """
     return _combine(unwrapped4d_rad, magnitude, mask, te, voxel_size, noise_fwhm_mm, iterations)
 

@@ -4,9 +4,10 @@
   without background such as crops, a floor at a tenth of the median).
 - `threshold`: a multiple of the background noise level (from the darkest voxels), for images
   where Otsu's two-class split cuts into dark tissue.
-- `phase_quality`: the `otsu` mask refined by a ROMEO-style voxel quality (local agreement of
-  phase gradients between echoes and spatial phase coherence), which drops voxels whose phase is
-  noise (skull, sinus voids) while the smooth phase of veins and deep grey matter passes.
+- `phase_quality` ("phase-quality"): the `otsu` mask refined by a ROMEO-style voxel quality
+  (spatial phase coherence and linearity, agreement of phase gradients between echoes 1 and 2,
+  magnitude coherence), which drops voxels whose phase is noise (skull, sinus voids) while the
+  smooth phase of veins and deep grey matter passes.
 
 Every method keeps the largest connected component, fills holes (in 3-D and slice by slice, so
 ventricles and dark veins stay inside) and optionally erodes by `erode_mm` (a distance in mm,
@@ -18,6 +19,8 @@ import logging
 import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
+
+from .unwrap import _bbox, voxel_quality
 
 logger = logging.getLogger(__name__)
 
@@ -135,21 +138,24 @@ def phase_quality(magnitude4d, *, voxel_size, phase=None, te=None, erode_mm=0.0,
     """Otsu mask refined by phase quality (bool, 3-D).
 
     phase: wrapped phase (rad), (X, Y, Z, N); te: echo times (s). A voxel's quality is the
-    mean over its 6 neighbours of the ROMEO edge weight (`bids_qsm.qsm.unwrap.edge_weights`:
-    phase coherence, multi-echo gradient coherence, magnitude coherence); voxels whose quality,
-    smoothed over about 3 mm, is below `min_quality` (0..1) are dropped before the connected
-    component and hole filling. Without phase this is `otsu`.
+    mean over its 6 neighbours of the ROMEO edge quality (`bids_qsm.qsm.unwrap.voxel_quality`);
+    voxels whose quality, smoothed with a Gaussian of sigma 1.5 mm, is below `min_quality`
+    (0..1) are dropped before the connected component and hole filling (which restores enclosed
+    low-quality voxels such as veins, within the Otsu mask). Without phase this is `otsu`.
     """
     base = otsu(magnitude4d, voxel_size=voxel_size, erode_mm=0.0)
     if phase is None:
         return _clean(base, voxel_size, erode_mm) if erode_mm > 0 else base
-    from .unwrap import voxel_quality
-
-    quality = voxel_quality(phase, magnitude=magnitude4d, te=te)
+    if not base.any():
+        return base
     sigma = 1.5 / np.asarray(voxel_size, dtype=float)
-    quality = ndimage.gaussian_filter(quality, sigma)
+    box = _bbox(base, margin=int(np.ceil(3 * sigma.max())))
+    phase, magnitude = _as4d(phase)[box], _as4d(magnitude4d)[box]
+    quality = voxel_quality(phase, magnitude=magnitude, te=te)
+    good = np.zeros(base.shape, dtype=bool)
+    good[box] = ndimage.gaussian_filter(quality, sigma) >= min_quality
     # Hole filling may restore enclosed low-quality voxels (veins), never beyond the Otsu mask.
-    refined = _clean(base & (quality >= min_quality), voxel_size, 0.0) & base
+    refined = _clean(base & good, voxel_size, 0.0) & base
     return _clean(refined, voxel_size, erode_mm, fill_holes=False) if erode_mm > 0 else refined
 
 

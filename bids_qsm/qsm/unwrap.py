@@ -185,17 +185,19 @@ def _laplacian_spatial(
 ):
     """Weighted least-squares unwrapped phase (rad) of one 3-D wrapped image, snapped to it.
 
-    Minimises sum over edges w (phi_j - phi_i - wrap(p_j - p_i))^2 / h^2 with w = 1 between
-    mask voxels and 1e-3 elsewhere (so that noise outside the mask does not leak in, and the
-    solution there is a smooth fill-in), by conjugate gradients preconditioned with the
-    unweighted DCT Poisson solver (the Ghiglia & Romero 1994 scheme).
+    Minimises sum over edges w (phi_j - phi_i - wrap(p_j - p_i))^2 / h^2 with w the ROMEO
+    edge quality (`_edge_bins`, with echo 2 as `second` if given; 0..1) between mask voxels
+    and 1e-3 elsewhere (so that noise does not leak in, and the solution outside the mask is a
+    smooth fill-in), by conjugate gradients preconditioned with the unweighted DCT Poisson
+    solver (the Ghiglia & Romero 1994 scheme).
     """
     h2 = 1.0 / np.asarray(voxel_size, dtype=np.float64) ** 2
+    bins = _quality_bins(phase, magnitude, mask, second, te)
     weights, grads = [], []
     for axis in range(3):
         lo, hi = _pairs(axis)
-        inside = (mask[hi] & mask[lo]).astype(np.float32)
-        weights.append((inside + np.float32(1e-3)) * np.float32(h2[axis]))
+        quality = np.where(bins[axis][lo] > 0, 1 - (bins[axis][lo] - np.float32(1)) / 254, 0)
+        weights.append((quality + np.float32(1e-3)).astype(np.float32) * np.float32(h2[axis]))
         grads.append(_wrap(phase[hi] - phase[lo]))
     solve = _poisson_solver(phase.shape, h2)
 
@@ -223,11 +225,12 @@ def _laplacian_spatial(
 
 
 def laplacian(phase4d_rad, *, magnitude=None, mask=None, te, voxel_size=(1.0, 1.0, 1.0)):
-    """Laplacian (least-squares, DCT) unwrapping of multi-echo phase.
+    """Laplacian (quality-weighted least-squares) unwrapping of multi-echo phase.
 
     phase4d_rad: wrapped phase (rad), (X, Y, Z, N) or (X, Y, Z); magnitude: same shape (any
     units; weights the temporal step); mask: bool (X, Y, Z); te: echo times (s); voxel_size: mm.
-    Returns unwrapped phase (rad), float32, 0 outside the mask, congruent to the input.
+    Returns unwrapped phase (rad), float32, 0 outside the mask, congruent to the input. At most
+    100 conjugate-gradient steps per image (to a relative residual of 1e-4).
     """
 
     def spatial(p, m, k, second, te_):
@@ -315,13 +318,22 @@ def _grow(phase, bins, mask):
             if c > 0:
                 score[v] += 256 - c
                 score[v + stride[d]] += 256 - c
-    order = np.argsort(-score)
+    # The best voxel first; only if the mask has several components are the rest sorted.
+    order = np.full(1, np.argmax(np.where(inside, score, -1)), dtype=np.int64)
+    remaining = np.count_nonzero(inside)
+    sorted_all = False
 
     used = 0
-    for seed in order:
+    while remaining > 0 and not (sorted_all and order.size == 0):
+        if order.size == 0:
+            order = np.argsort(-score)
+            sorted_all = True
+        seed = order[0]
+        order = order[1:]
         if not inside[seed] or visited[seed]:
             continue
         visited[seed] = True
+        remaining -= 1
         current = _NBINS
         v = seed
         while True:
@@ -359,6 +371,7 @@ def _grow(phase, bins, mask):
                     continue
                 flat[target] -= 2 * np.pi * round((flat[target] - flat[source]) / (2 * np.pi))
                 visited[target] = True
+                remaining -= inside[target]
                 v = target
                 break
             if v < 0:
@@ -366,12 +379,17 @@ def _grow(phase, bins, mask):
     return visited.reshape(nx, ny, nz)
 
 
+def _quality_bins(phase, magnitude, mask, second, te):
+    """`_edge_bins` of one image, with the gradient coherence to `second` (echo 2) if given."""
+    if second is None:
+        return _edge_bins(phase, phase, 0.0, False, magnitude, mask)
+    return _edge_bins(phase, second, float(te[0] / te[1]), True, magnitude, mask)
+
+
 def _romeo_spatial(phase, magnitude, mask, second, te):
-    ratio = float(te[0] / te[1]) if second is not None else 0.0
-    second = phase if second is None else second
-    bins = _edge_bins(phase, second, ratio, ratio > 0, magnitude, mask)
-    out = phase.copy()
-    _grow(out, bins, mask)
+    bins = _quality_bins(phase, magnitude, mask, second, te)
+    out = np.array(phase, dtype=np.float32, order="C")  # a contiguous copy: _grow works on it
+    _grow(out, bins, np.ascontiguousarray(mask))
     return out
 
 
@@ -388,25 +406,22 @@ def romeo(phase4d_rad, *, magnitude=None, mask=None, te, voxel_size=(1.0, 1.0, 1
 def voxel_quality(phase4d, *, magnitude=None, te=None, mask=None):
     """ROMEO voxel quality in [0, 1]: mean quality of the edges to the 6 neighbours.
 
-    phase4d: wrapped phase (rad), (X, Y, Z[, N]); magnitude: same shape; te: echo times (s),
-    needed for the gradient coherence with echo 2. Voxels at the grid border count missing
+    phase4d: wrapped phase (rad), (X, Y, Z[, N]); magnitude: same shape; te: echo times (s).
+    With two or more echoes and `te`, the gradient coherence between echoes 1 and 2 enters;
+    without `te` only the first echo is used. Voxels at the grid border count missing
     neighbours as quality 0.
     """
     nechoes = np.shape(phase4d)[3] if np.ndim(phase4d) == 4 else 1
+    use_second = nechoes > 1 and te is not None
     if te is None:
-        te = np.arange(1, nechoes + 1, dtype=float)
+        te = np.ones(nechoes)
     phase, magnitude, mask, te = _checked(phase4d, magnitude, mask, te)
-    phase, magnitude = _finite_copies(phase, magnitude)
-    use_second = phase.shape[3] > 1
+    phase, magnitude = _finite_copies(phase[..., :2], magnitude[..., :2])  # all that is used
     ratio = float(te[0] / te[1]) if use_second else 0.0
-    second = phase[..., 1] if use_second else phase[..., 0]
+    first = np.ascontiguousarray(phase[..., 0])
+    second = np.ascontiguousarray(phase[..., 1]) if use_second else first
     bins = _edge_bins(
-        np.ascontiguousarray(phase[..., 0]),
-        np.ascontiguousarray(second),
-        ratio,
-        use_second,
-        np.ascontiguousarray(magnitude[..., 0]),
-        mask,
+        first, second, ratio, use_second, np.ascontiguousarray(magnitude[..., 0]), mask
     )
     quality = np.where(bins > 0, 1 - (bins.astype(np.float32) - 1) / 254, 0).astype(np.float32)
     total = quality.sum(axis=0)

@@ -6,8 +6,9 @@ import nibabel as nb
 from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
 from bids_qsm import __version__
-from bids_qsm.workflows.outputs import init_qsm_derivatives_wf
+from bids_qsm.workflows.outputs import init_qsm_derivatives_wf, init_roi_derivatives_wf
 from bids_qsm.workflows.qsm import estimate_mem_gb, init_qsm_wf
+from bids_qsm.workflows.roi import init_labels_node, init_roistats_node, roi_description
 
 
 def resolve_threads(settings):
@@ -18,8 +19,11 @@ def resolve_threads(settings):
     return nipype
 
 
-def init_bids_qsm_wf(settings, runs):
-    """One sub-workflow per selected subject, each processing that subject's MEGRE runs."""
+def init_bids_qsm_wf(settings, runs, segmentations=None):
+    """One sub-workflow per selected subject, each processing that subject's MEGRE runs.
+
+    segmentations: {run prefix: (Segmentation, reference label indices)} for runs with one.
+    """
     workflow = Workflow(name="bids_qsm_wf")
     workflow.base_dir = str(settings.execution.work_dir)
     workflow.__postdesc__ = f"\n\nProcessed with bids_qsm {__version__}."
@@ -27,11 +31,13 @@ def init_bids_qsm_wf(settings, runs):
     for run in runs:
         by_subject.setdefault(run.subject, []).append(run)
     for subject, subject_runs in sorted(by_subject.items()):
-        workflow.add_nodes([init_single_subject_wf(subject, subject_runs, settings)])
+        workflow.add_nodes(
+            [init_single_subject_wf(subject, subject_runs, settings, segmentations or {})]
+        )
     return workflow
 
 
-def init_single_subject_wf(subject, runs, settings):
+def init_single_subject_wf(subject, runs, settings, segmentations):
     """QSM of every MEGRE run of one subject, written to the derivatives dataset."""
     workflow = Workflow(name=f"sub_{subject}_wf")
     workflow.__desc__ = (
@@ -45,9 +51,14 @@ def init_single_subject_wf(subject, runs, settings):
         shape = nb.load(run.echoes[0].phase or run.echoes[0].real).shape
         n_voxels = int(shape[0]) * int(shape[1]) * int(shape[2])
         name = run.prefix.replace("-", "_")
+        segmentation, label_values = segmentations.get(run.prefix, (None, ()))
+        reference = methods.reference
+        if reference == "labels" and not label_values:
+            reference = "mean"  # the problem was reported when the segmentation was looked up
+        mem_gb = estimate_mem_gb(n_voxels, len(run.echoes))
         qsm_wf = init_qsm_wf(
             echo_times=run.echo_times,
-            mem_gb=estimate_mem_gb(n_voxels, len(run.echoes)),
+            mem_gb=mem_gb,
             omp_nthreads=threads,
             phase_units=methods.phase_units,
             sidecar_units=run.phase_units,
@@ -58,7 +69,8 @@ def init_single_subject_wf(subject, runs, settings):
             relaxometry_method=methods.relaxometry,
             background_method=methods.background,
             inversion_method=methods.inversion,
-            reference=methods.reference,
+            reference=reference,
+            reference_labels=label_values,
             name=f"qsm_{name}_wf",
         )
         complex_input = run.echoes[0].real is not None
@@ -97,4 +109,51 @@ def init_single_subject_wf(subject, runs, settings):
                 ("outputnode.swi_meta", "inputnode.swi_meta"),
             ]),
         ])  # fmt:skip
+        if segmentation is not None:
+            _add_region_statistics(
+                workflow, qsm_wf, run=run, segmentation=segmentation, methods=methods,
+                output_dir=settings.execution.output_dir, source_file=str(source),
+                mem_gb=mem_gb["figures"], omp_nthreads=threads, name=name,
+            )  # fmt:skip
     return workflow
+
+
+def _add_region_statistics(
+    workflow, qsm_wf, *, run, segmentation, methods, output_dir, source_file, mem_gb,
+    omp_nthreads, name,
+):  # fmt:skip
+    """Wire a run's labels (before its QSM workflow) and region table (after it)."""
+    labels = init_labels_node(
+        segmentation=segmentation, registration=methods.registration, mem_gb=mem_gb,
+        omp_nthreads=omp_nthreads, name=f"labels_{name}",
+    )  # fmt:skip
+    first = run.echoes[0]
+    labels.inputs.magnitude = str(first.magnitude or first.real)
+    if first.imag is not None:
+        labels.inputs.imag = str(first.imag)
+    roistats = init_roistats_node(
+        segmentation=segmentation, erode_voxels=methods.roi_erode, mem_gb=mem_gb,
+        name=f"roistats_{name}",
+    )  # fmt:skip
+    ds_roi_wf = init_roi_derivatives_wf(
+        output_dir=output_dir, registered=segmentation.needs_registration,
+        name=f"ds_roi_{name}_wf",
+    )  # fmt:skip
+    ds_roi_wf.inputs.inputnode.source_file = source_file
+    workflow.connect([
+        (labels, qsm_wf, [("labels", "inputnode.labels")]),
+        (labels, roistats, [("labels", "labels"), ("meta", "labels_meta")]),
+        (qsm_wf, roistats, [("outputnode.chimap", "chimap"), ("outputnode.mask", "mask")]),
+        (labels, ds_roi_wf, [
+            ("labels", "inputnode.labels"), ("lookup_file", "inputnode.lookup"),
+            ("meta", "inputnode.labels_meta"),
+        ]),
+        (roistats, ds_roi_wf, [
+            ("out_file", "inputnode.roistats"), ("meta", "inputnode.roistats_meta"),
+        ]),
+    ])  # fmt:skip
+    if segmentation.needs_registration:
+        workflow.connect(labels, "transform", ds_roi_wf, "inputnode.transform")
+    workflow.__desc__ += roi_description(
+        segmentation, registration=methods.registration, erode_voxels=methods.roi_erode
+    )

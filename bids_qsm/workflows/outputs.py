@@ -77,3 +77,45 @@ def init_qsm_derivatives_wf(*, output_dir, name="qsm_derivatives_wf"):
         ]),
     ])  # fmt:skip
     return workflow
+
+
+def init_roi_derivatives_wf(*, output_dir, registered, name="roi_derivatives_wf"):
+    """Sinks for a run's labels on the MEGRE grid, their look-up, transform and chi table."""
+    from bids_qsm.interfaces.sink import DerivativesDataSink
+
+    workflow = Workflow(name=name)
+    inputnode = pe.Node(
+        niu.IdentityInterface(
+            fields=["source_file", "labels", "lookup", "labels_meta", "transform", "roistats",
+                    "roistats_meta"]
+        ),
+        name="inputnode",
+    )  # fmt:skip
+
+    def sink(name, **entities):
+        return pe.Node(
+            DerivativesDataSink(base_directory=str(output_dir), **entities),
+            name=name,
+            run_without_submitting=True,
+        )
+
+    ds_labels = sink("ds_labels", suffix="dseg", compress=True)
+    ds_lookup = sink("ds_lookup", suffix="dseg")
+    ds_roistats = sink("ds_roistats", desc="roistats", suffix="Chimap")
+    workflow.connect([
+        (inputnode, ds_labels, [
+            ("source_file", "source_file"), ("labels", "in_file"), ("labels_meta", "meta_dict"),
+        ]),
+        (inputnode, ds_lookup, [("source_file", "source_file"), ("lookup", "in_file")]),
+        (inputnode, ds_roistats, [
+            ("source_file", "source_file"), ("roistats", "in_file"),
+            ("roistats_meta", "meta_dict"),
+        ]),
+    ])  # fmt:skip
+    if registered:
+        ds_transform = sink("ds_transform", **{"from": "T1w", "to": "MEGRE", "mode": "image",
+                                              "suffix": "xfm"})  # fmt:skip
+        workflow.connect([
+            (inputnode, ds_transform, [("source_file", "source_file"), ("transform", "in_file")]),
+        ])  # fmt:skip
+    return workflow

@@ -11,11 +11,13 @@ from bids_qsm.interfaces.metadata import Sidecars
 from bids_qsm.interfaces.reports import RunFigures
 from bids_qsm.interfaces.swi import SWI
 
-_INPUTS = ["magnitude", "phase", "real", "imag", "echo_times", "field_strength", "sources"]
+_INPUTS = [
+    "magnitude", "phase", "real", "imag", "echo_times", "field_strength", "sources", "labels",
+]  # fmt:skip
 _OUTPUTS = [
-    "chimap", "mask", "r2star", "t2star", "field", "local_field", "swi", "minip",
-    "figures", "figure_keys", "chimap_meta", "mask_meta", "relaxometry_meta", "fields_meta",
-    "swi_meta",
+    "magnitude", "brain_mask", "chimap", "mask", "r2star", "t2star", "field", "local_field",
+    "swi", "minip", "figures", "figure_keys", "chimap_meta", "mask_meta", "relaxometry_meta",
+    "fields_meta", "swi_meta",
 ]  # fmt:skip
 
 
@@ -56,13 +58,16 @@ def init_qsm_wf(
     background_method="vsharp",
     inversion_method="tikhonov",
     reference="mean",
+    reference_labels=(),
     name="qsm_wf",
 ):
     """Susceptibility, brain mask and R2*/T2* maps of one multi-echo GRE run.
 
     echo_times: seconds, ascending (they only shape the description; the data arrive on
     `inputnode.echo_times`); mem_gb: per-stage estimates from `estimate_mem_gb`;
-    sidecar_units: the phase sidecar's `Units` ("rad", "arbitrary" or "missing").
+    sidecar_units: the phase sidecar's `Units` ("rad", "arbitrary" or "missing");
+    reference_labels: label indices of the reference region when `reference` is "labels" (the
+    label image arrives on `inputnode.labels`).
     """
     cites = load_json("citations.json")
     workflow = Workflow(name=name)
@@ -114,6 +119,9 @@ def init_qsm_wf(
     reference_node = pe.Node(
         Reference(method=reference), name="reference", mem_gb=mem_gb["reference"]
     )
+    if reference == "labels":
+        reference_node.inputs.params = {"label_values": list(reference_labels)}
+        workflow.connect(inputnode, "labels", reference_node, "labels")
     swi = pe.Node(SWI(**threads), name="swi", mem_gb=mem_gb["swi"], n_procs=omp_nthreads)
     figures = pe.Node(RunFigures(), name="figures", mem_gb=mem_gb["figures"])
     warnings = pe.Node(niu.Merge(9, ravel_inputs=True), name="warnings",
@@ -176,6 +184,8 @@ def init_qsm_wf(
         (warnings, sidecars, [("out", "warnings")]),
         (swi, sidecars, [("params", "swi_params")]),
         (reference_node, outputnode, [("out_file", "chimap")]),
+        (phase_units_node, outputnode, [("magnitude", "magnitude")]),
+        (mask, outputnode, [("out_file", "brain_mask")]),
         (swi, outputnode, [("out_file", "swi"), ("minip", "minip")]),
         (figures, outputnode, [("out_files", "figures"), ("keys", "figure_keys")]),
         (background, outputnode, [("mask", "mask"), ("out_file", "local_field")]),
