@@ -60,6 +60,7 @@ class Workflow:
     segmentation_lut: str = "auto"
     registration: str = "rigid"
     roi_erode: int = 0
+    parameters: dict = field(default_factory=dict)  # {stage: {parameter: value}}
 
 
 @dataclass

@@ -8,7 +8,7 @@ from bids_qsm import __version__
 
 # Outputs that BIDS has no name for yet, and our logs.
 BIDSIGNORE = (
-    "logs/", "figures", "group/", "*.html", "*_fieldmap.*", "*_swi.*", "*_minIP.*",
+    "logs", "figures", "group", "*.html", "*_fieldmap.*", "*_swi.*", "*_minIP.*",
     "*_desc-roistats_Chimap.*", "*_xfm.*",
 )  # fmt:skip
 

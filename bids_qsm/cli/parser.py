@@ -249,6 +249,12 @@ def _build_parser(defaults: Settings | None = None) -> ArgumentParser:
         help="settings saved by an earlier run (logs/config-*.toml); options "
         "given on the command line take precedence",
     )
+    exe.add_argument(
+        "--reproduce",
+        type=_existing_file,
+        metavar="CHIMAP_JSON",
+        help="use the methods and every parameter listed in the sidecar of an earlier Chimap",
+    )
     exe.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
 
     qsm = parser.add_argument_group("methods")
@@ -374,6 +380,13 @@ def parse_args(argv=None) -> tuple[Settings, int]:
         exe.work_dir = exe.work_dir.expanduser().absolute()
         if exe.bids_dir in [exe.work_dir, *exe.work_dir.parents]:
             parser.error("--work-dir must not be inside the BIDS dataset, which is never written")
+    if opts.reproduce is not None:
+        from bids_qsm.provenance import apply_sidecar
+
+        try:
+            apply_sidecar(settings.workflow, opts.reproduce)
+        except ValueError as err:
+            parser.error(f"--reproduce: {err}")
     if settings.workflow.reference == "labels" and settings.workflow.segmentation_dir is None:
         parser.error("--reference labels needs --segmentation-dir")
     if settings.nipype.omp_nthreads and settings.nipype.nprocs:

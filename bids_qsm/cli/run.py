@@ -225,12 +225,13 @@ def _error(message):
 
 
 def _setup_logging(verbosity):
-    """Our messages at INFO (DEBUG with -vv); Nipype's own chatter only with -v."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
-    logger.addHandler(handler)
+    """Our messages at INFO (DEBUG with -vv) on stderr; Nipype's own chatter only with -v."""
+    if not any(getattr(h, "_bids_qsm", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+        handler._bids_qsm = True
+        logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO)
-    logger.propagate = False
 
 
 if __name__ == "__main__":

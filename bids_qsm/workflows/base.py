@@ -71,6 +71,7 @@ def init_single_subject_wf(subject, runs, settings, segmentations):
             inversion_method=methods.inversion,
             reference=reference,
             reference_labels=label_values,
+            parameters=methods.parameters,
             name=f"qsm_{name}_wf",
         )
         complex_input = run.echoes[0].real is not None

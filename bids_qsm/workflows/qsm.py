@@ -59,6 +59,7 @@ def init_qsm_wf(
     inversion_method="tikhonov",
     reference="mean",
     reference_labels=(),
+    parameters=None,
     name="qsm_wf",
 ):
     """Susceptibility, brain mask and R2*/T2* maps of one multi-echo GRE run.
@@ -67,8 +68,11 @@ def init_qsm_wf(
     `inputnode.echo_times`); mem_gb: per-stage estimates from `estimate_mem_gb`;
     sidecar_units: the phase sidecar's `Units` ("rad", "arbitrary" or "missing");
     reference_labels: label indices of the reference region when `reference` is "labels" (the
-    label image arrives on `inputnode.labels`).
+    label image arrives on `inputnode.labels`); parameters: {stage: {parameter: value}} for the
+    stages mask, unwrap, combine, relaxometry, background, inversion, reference and swi, where
+    the method's defaults are not wanted.
     """
+    parameters = parameters or {}
     cites = load_json("citations.json")
     workflow = Workflow(name=name)
     n = len(echo_times)
@@ -83,7 +87,10 @@ def init_qsm_wf(
         f"{cites['reference'][reference][0]}. R2* was fitted with "
         f"{cites['relaxometry'][relaxometry_method][0]}."
     )
-    threads = {"omp_nthreads": omp_nthreads}
+
+    def stage_inputs(stage):
+        return {"omp_nthreads": omp_nthreads, "params": dict(parameters.get(stage, {}))}
+
     inputnode = pe.Node(niu.IdentityInterface(fields=_INPUTS), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=_OUTPUTS), name="outputnode")
 
@@ -93,36 +100,43 @@ def init_qsm_wf(
         mem_gb=mem_gb["phase_units"],
     )
     mask = pe.Node(
-        BrainMask(method=mask_method, **threads),
+        BrainMask(method=mask_method, **stage_inputs("mask")),
         name="mask", mem_gb=mem_gb["mask"], n_procs=omp_nthreads,
     )  # fmt:skip
     unwrap = pe.Node(
-        Unwrap(method=unwrap_method, **threads),
+        Unwrap(method=unwrap_method, **stage_inputs("unwrap")),
         name="unwrap", mem_gb=mem_gb["unwrap"], n_procs=omp_nthreads,
     )  # fmt:skip
     combine = pe.Node(
-        FitField(method=combine_method, **threads),
+        FitField(method=combine_method, **stage_inputs("combine")),
         name="combine", mem_gb=mem_gb["combine"], n_procs=omp_nthreads,
     )  # fmt:skip
     relaxometry = pe.Node(
-        R2Star(method=relaxometry_method, **threads),
+        R2Star(method=relaxometry_method, **stage_inputs("relaxometry")),
         name="relaxometry", mem_gb=mem_gb["relaxometry"], n_procs=omp_nthreads,
     )  # fmt:skip
     background = pe.Node(
-        RemoveBackground(method=background_method, **threads),
+        RemoveBackground(method=background_method, **stage_inputs("background")),
         name="background", mem_gb=mem_gb["background"], n_procs=omp_nthreads,
     )  # fmt:skip
     invert = pe.Node(
-        Invert(method=inversion_method, **threads),
+        Invert(method=inversion_method, **stage_inputs("inversion")),
         name="invert", mem_gb=mem_gb["invert"], n_procs=omp_nthreads,
     )  # fmt:skip
     reference_node = pe.Node(
-        Reference(method=reference), name="reference", mem_gb=mem_gb["reference"]
+        Reference(method=reference, params=dict(parameters.get("reference", {}))),
+        name="reference",
+        mem_gb=mem_gb["reference"],
     )
     if reference == "labels":
-        reference_node.inputs.params = {"label_values": list(reference_labels)}
+        reference_node.inputs.params = {
+            **reference_node.inputs.params,
+            "label_values": list(reference_labels),
+        }
         workflow.connect(inputnode, "labels", reference_node, "labels")
-    swi = pe.Node(SWI(**threads), name="swi", mem_gb=mem_gb["swi"], n_procs=omp_nthreads)
+    swi = pe.Node(
+        SWI(**stage_inputs("swi")), name="swi", mem_gb=mem_gb["swi"], n_procs=omp_nthreads
+    )
     figures = pe.Node(RunFigures(), name="figures", mem_gb=mem_gb["figures"])
     warnings = pe.Node(niu.Merge(9, ravel_inputs=True), name="warnings",
                        run_without_submitting=True)  # fmt:skip

@@ -1,0 +1,38 @@
+"""Reproducing a map from its sidecar: the stage sections of a Chimap JSON back into settings."""
+
+import json
+from pathlib import Path
+
+# sidecar section -> (Workflow settings attribute of the method, key of Workflow.parameters)
+SIDECAR_STAGES = {
+    "Masking": ("mask", "mask"),
+    "Unwrapping": ("unwrap", "unwrap"),
+    "EchoCombination": ("combine", "combine"),
+    "Relaxometry": ("relaxometry", "relaxometry"),
+    "BackgroundRemoval": ("background", "background"),
+    "DipoleInversion": ("inversion", "inversion"),
+    "Referencing": ("reference", "reference"),
+}
+_NOT_SETTINGS = ("method", "b0_direction")  # b0_direction is read off the data's affine
+
+
+def apply_sidecar(workflow, sidecar):
+    """Set `workflow` (a config.Workflow) to the methods and parameters a Chimap sidecar lists.
+
+    Raises ValueError naming the sidecar when it lacks a stage section.
+    """
+    path = Path(sidecar)
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: cannot read the sidecar ({err})") from None
+    missing = [key for key in ("PhaseScaling", *SIDECAR_STAGES) if key not in meta]
+    if missing:
+        raise ValueError(f"{path}: not a bids_qsm Chimap sidecar (no {', '.join(missing)})")
+    workflow.phase_units = meta["PhaseScaling"]["units"]
+    workflow.phase_sign = meta["PhaseScaling"]["sign"]
+    for section, (attribute, stage) in SIDECAR_STAGES.items():
+        settings = dict(meta[section])
+        setattr(workflow, attribute, settings["method"])
+        workflow.parameters[stage] = {k: v for k, v in settings.items() if k not in _NOT_SETTINGS}
+    return workflow
