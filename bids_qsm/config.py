@@ -49,7 +49,7 @@ class Workflow:
     phase_units: str = "auto"
     phase_sign: int = 1
     mask: str = "otsu"
-    unwrap: str = "laplacian"
+    unwrap: str = "romeo"
     combine: str = "linear"
     relaxometry: str = "loglinear"
     background: str = "vsharp"

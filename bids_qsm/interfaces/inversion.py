@@ -50,6 +50,8 @@ class RemoveBackground(SimpleInterface):
 class _InvertInputSpec(_StageInputSpec):
     local_field = File(exists=True, mandatory=True, desc="local field (ppm)")
     mask = File(exists=True, mandatory=True, desc="mask the field is valid on")
+    echo_times = traits.List(traits.Float, mandatory=True, desc="echo times (s)")
+    field_strength = traits.Float(mandatory=True, desc="B0 (T)")
     method = traits.Enum(*INVERSIONS, usedefault=True, desc="dipole inversion")
 
 
@@ -62,9 +64,16 @@ class Invert(SimpleInterface):
     def _run_interface(self, runtime):
         field, ref = load(self.inputs.local_field)
         grid = geometry(ref)
+        # Methods that regularise phase (TGV) weigh it at the noise-equivalent echo time of
+        # the multi-echo fit, so that their strength matches the field's noise.
+        acquisition = {
+            "te": float(np.sqrt(np.sum(np.square(self.inputs.echo_times)))),
+            "b0_tesla": self.inputs.field_strength,
+        }
         chi, params, warnings = run_stage(
             INVERSIONS[self.inputs.method], field, load_mask(self.inputs.mask),
-            data=grid, params=self.inputs.params, nthreads=self.inputs.omp_nthreads,
+            data={**grid, **acquisition}, params=self.inputs.params,
+            nthreads=self.inputs.omp_nthreads,
         )  # fmt:skip
         self._results["out_file"] = save_like(ref, chi, runtime.cwd, "chi")
         self._results["params"] = {

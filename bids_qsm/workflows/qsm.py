@@ -52,7 +52,7 @@ def init_qsm_wf(
     sidecar_units="missing",
     phase_sign=1,
     mask_method="otsu",
-    unwrap_method="laplacian",
+    unwrap_method="romeo",
     combine_method="linear",
     relaxometry_method="loglinear",
     background_method="vsharp",
@@ -161,6 +161,9 @@ def init_qsm_wf(
         (inputnode, background, [("field_strength", "field_strength")]),
         (combine, background, [("out_file", "field")]),
         (mask, background, [("out_file", "mask")]),
+        (inputnode, invert, [
+            ("echo_times", "echo_times"), ("field_strength", "field_strength"),
+        ]),
         (background, invert, [("out_file", "local_field"), ("mask", "mask")]),
         (invert, reference_node, [("out_file", "chimap")]),
         (background, reference_node, [("mask", "mask")]),
