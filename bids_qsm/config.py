@@ -52,8 +52,8 @@ class Workflow:
     unwrap: str = "romeo"
     combine: str = "linear"
     relaxometry: str = "loglinear"
-    background: str = "vsharp"
-    inversion: str = "tikhonov"
+    background: str = "resharp"
+    inversion: str = "tgv"
     reference: str = "mean"
     reference_labels: str = "csf"
     segmentation_dir: Path | None = None
@@ -78,6 +78,9 @@ class Nipype:
         """The `plugin` and `plugin_args` for `Workflow.run`."""
         args = {"raise_insufficient": False, **self.plugin_args}
         if self.plugin == "MultiProc":
+            # Forked workers inherit numba's and OpenBLAS's thread pools of a parent that has
+            # already computed, and can die or deadlock; fresh processes cannot.
+            args.setdefault("mp_context", "forkserver")
             if self.nprocs:
                 args.setdefault("n_procs", self.nprocs)
             if self.mem_gb:

@@ -3,7 +3,9 @@
 The head is defined analytically in head-frame millimetres (x right, y anterior, z superior) and
 sampled through the acquisition affine on a grid `oversample` times finer than the acquired one.
 Susceptibility (ppm, relative to water; air +9.41) makes a field through the dipole kernel of the
-grid's own B0 direction, so a tilted head gets an oblique affine and the right field. The complex
+grid's own B0 direction, so a tilted head gets an oblique affine and the right field: the sources
+outside the brain on the fine grid, the brain's own on the acquired grid (so that the local field
+of the truth is exactly the local part of the data). The complex
 signal PD * exp(-R2* TE) * exp(i (2 pi f TE + phi0)) is averaged over each block of fine voxels
 (partial volume and intravoxel dephasing), then complex Gaussian noise is added. The field is
 shimmed like a scanner's second-order shim (harmonics of order <= 2 fitted over the brain).
@@ -305,6 +307,11 @@ def _block_mean(a, k):
     return _block_sum(a, k) / np.float32(k**3)
 
 
+def _upsample(a, k):
+    """Each acquired voxel repeated over its k x k x k block of the fine grid."""
+    return np.repeat(np.repeat(np.repeat(a, k, axis=0), k, axis=1), k, axis=2)
+
+
 def _block_majority(index, k):
     """The most frequent tissue index in each k x k x k block."""
     best = np.zeros(tuple(n // k for n in index.shape), np.uint8)
@@ -386,12 +393,35 @@ def simulate_head(
     b0_dir = b0_direction(affine)
     chi = _CHI[index]
     inner = np.isin(index, np.flatnonzero(~np.isin(_CODES, NON_BRAIN)))  # intracranial
-    field_hz = forward_field(
-        chi - np.float32(CHI_AIR),  # relative to air, so the zero padding is air
-        np.asarray(voxel_size) / k,
-        b0_dir,
-        pad=tuple(n // 8 for n in fine_shape),
-    ) * np.float32(hz_per_ppm(b0))
+    labels = _CODES[_block_majority(index, k)]
+    mask = ~np.isin(labels, NON_BRAIN)
+    if mask[[0, -1]].any() or mask[:, [0, -1]].any() or mask[:, :, [0, -1]].any():
+        logger.warning("the field of view cuts the brain: enlarge --shape or --voxel-size")
+    # truth inside the mask averages the intracranial fine voxels only: bone partial volume at
+    # the edge belongs to the background, as for any background field removal
+    count = np.maximum(_block_sum(inner, k), 1)
+    chi_acq = np.where(mask, _block_sum(chi * inner, k) / count, _block_mean(chi, k))
+    r2star_acq = np.where(mask, _block_sum(_R2STAR[index] * inner, k) / count, 0).astype(np.float32)
+
+    # The brain's own field is made on the acquired grid from the true chi, as the pipeline
+    # models it, so that the stored local field is exactly the local part of the data (a field
+    # averaged from sub-voxel sources would not be, and no method could recover it). Sources
+    # outside the brain (air, bone, scalp) act from the fine grid, with the gradients that
+    # dephase within a voxel; inside the mask they see water.
+    hz = np.float32(hz_per_ppm(b0))
+    local_hz = forward_field(chi_acq * mask, voxel_size, b0_dir) * hz
+    within = _upsample(mask, k)
+    field_hz = (
+        forward_field(
+            np.where(within, np.float32(0), chi) - np.float32(CHI_AIR),  # the zero padding is air
+            np.asarray(voxel_size) / k,
+            b0_dir,
+            pad=tuple(n // 8 for n in fine_shape),
+        )
+        * hz
+    )
+    field_hz += _upsample(local_hz, k)
+    del within
     _shim(field_hz, inner, affine @ fine)
     offset = _smooth_polynomial(
         fine_shape,
@@ -407,16 +437,6 @@ def simulate_head(
         # the complex mean over each block: partial volume and intravoxel dephasing
         signal[..., n].real = _block_mean(decay * np.cos(phase), k)
         signal[..., n].imag = _block_mean(decay * np.sin(phase), k)
-    labels_index = _block_majority(index, k)
-    labels = _CODES[labels_index]
-    mask = ~np.isin(labels, NON_BRAIN)
-    if mask[[0, -1]].any() or mask[:, [0, -1]].any() or mask[:, :, [0, -1]].any():
-        logger.warning("the field of view cuts the brain: enlarge --shape or --voxel-size")
-    # truth inside the mask averages the intracranial fine voxels only: bone partial volume at
-    # the edge belongs to the background, as for any background field removal
-    count = np.maximum(_block_sum(inner, k), 1)
-    chi_acq = np.where(mask, _block_sum(chi * inner, k) / count, _block_mean(chi, k))
-    r2star_acq = np.where(mask, _block_sum(r2star * inner, k) / count, 0).astype(np.float32)
     field_acq = _block_mean(field_hz, k)
     del chi, field_hz, pd, r2star, index, inner
 
@@ -425,7 +445,7 @@ def simulate_head(
     signal += noise[0] + 1j * noise[1]
     phase = np.angle(signal)  # float32 in [-pi, pi]; +pi -> -pi, in float32
     phase[phase >= np.float32(np.pi)] = -np.float32(np.pi)
-    local_hz = forward_field(chi_acq * mask, voxel_size, b0_dir) * np.float32(hz_per_ppm(b0)) * mask
+    local_hz *= mask
     if phase_units == "siemens":
         phase = np.clip(np.round(phase / np.pi * 4096), -4096, 4095).astype(np.int16)
     return PhantomScan(
@@ -580,7 +600,9 @@ def _build_parser():
     add("--phase-units", "--phase_units", choices=("rad", "siemens"), default="rad",
         help="rad, or Siemens integers -4096..4095 (Units: arbitrary)")
     add("--oversample", type=int, default=2, metavar="K",
-        help="simulate on a K times finer grid (partial volume, intravoxel dephasing)")
+        help="simulate on a K times finer grid (partial volume, intravoxel dephasing); with "
+             "1, sharp air and bone edges leave a background field that is not harmonic in "
+             "the brain, and background removal is not tested fairly")
     # fmt: on
     return parser
 

@@ -118,12 +118,15 @@ def test_rerun_with_the_same_work_dir_resumes(phantom_run, tmp_path):
 
 @pytest.fixture(scope="module")
 def small_cohort(tmp_path_factory):
-    """Two subjects, two sessions, tilted heads, Siemens integer phase, 3 mm, 4 echoes."""
+    """Two subjects, two sessions, tilted heads, Siemens integer phase, 3 mm, 4 echoes.
+
+    Oversampled: computed on the acquired grid itself, the field of sharp air and bone edges
+    is not harmonic inside the brain for an oblique B0, and no background removal can work."""
     root = tmp_path_factory.mktemp("cohort")
     bids = write_dataset(
         root / "bids", subjects=2, sessions=2, shape=(64, 76, 56), voxel_size=(3.0, 3.0, 3.0),
         echo_times=(0.005, 0.012, 0.019, 0.026), tilt_deg=15.0, phase_units="siemens",
-        oversample=1, seed=3,
+        oversample=2, seed=3,
     )  # fmt:skip
     return bids, root
 
@@ -145,7 +148,7 @@ def test_tilted_siemens_sessions_selection(small_cohort):
     true_chi, _, brain, _ = _truth(bids, "sub-02_ses-02")
     chi = nb.load(chimap).get_fdata()
     inside = brain & (chi != 0)
-    assert np.corrcoef(chi[inside], true_chi[inside])[0, 1] > 0.4
+    assert np.corrcoef(chi[inside], true_chi[inside])[0, 1] > 0.5
 
 
 def test_input_problems_are_one_line_and_other_subjects_still_run(small_cohort, capsys):

@@ -17,10 +17,11 @@ from bids_qsm.qsm.background import BACKGROUND
 # Relative error ||local - truth|| / ||truth|| inside the returned mask, both demeaned (a constant
 # is harmonic, so no method can tell a local offset from the background; referencing removes it).
 # Measured on this phantom (1 mm isotropic / 1x1x2 mm): vsharp 0.15 / 0.18, pdf 0.18 / 0.19 (0.22
-# with an oblique B0), lbv 0.05 / 0.06, resharp 0.12 / 0.14. V-SHARP and RESHARP lose the low
-# spatial frequencies of the local field (TSVD, regularisation); PDF lets sources just outside
-# the mask explain part of the weak local field near the boundary.
-MAX_ERROR = {"vsharp": 0.22, "pdf": 0.26, "lbv": 0.08, "resharp": 0.17}
+# with an oblique B0), lbv 0.05 / 0.06, resharp 0.14 / 0.27 (its default 4 mm sphere spans only
+# 2 voxels of the 2 mm slices). V-SHARP and RESHARP lose the low spatial frequencies of the local
+# field (TSVD, regularisation); PDF lets sources just outside the mask explain part of the weak
+# local field near the boundary.
+MAX_ERROR = {"vsharp": 0.22, "pdf": 0.26, "lbv": 0.08, "resharp": 0.29}
 
 
 def _grid(shape, voxel_size):
@@ -86,7 +87,7 @@ def test_recovers_the_local_field_of_spheres(method, voxel_size):
     out, valid = BACKGROUND[method](local + background, mask, voxel_size=voxel_size)
     assert out.dtype == np.float32 and valid.dtype == bool
     assert not np.any(valid & ~mask), "the valid mask must lie inside the input mask"
-    assert valid.sum() > 0.45 * mask.sum()  # RESHARP's 5 mm erosion keeps 0.51 here
+    assert valid.sum() > 0.45 * mask.sum()  # RESHARP's 4 mm erosion keeps 0.6 here
     assert np.all(out[~valid] == 0)
     assert _relative_error(out, local, valid) < MAX_ERROR[method]
 

@@ -4,6 +4,7 @@ import inspect
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from bids_qsm.qsm.dipole import forward_field
 from bids_qsm.qsm.invert import INVERSIONS, tikhonov, tkd, tv
@@ -46,8 +47,25 @@ def test_dispatch_table_signatures():
         for key in ("voxel_size", "b0_dir"):
             assert params[key].kind is inspect.Parameter.KEYWORD_ONLY, name
         for p in list(params.values())[2:]:
-            if p.name != "voxel_size":
+            if p.name not in ("voxel_size", "brain"):  # data the interface fills in
                 assert isinstance(p.default, (int, float, str, tuple)), (name, p.name)
+
+
+def test_tgv_extends_chi_over_the_eroded_layer_of_the_brain():
+    """The regulariser alone fills the layer between the valid mask and the brain, one voxel
+    deep by default, with values close to the tissue's (not zero, not wild)."""
+    shape, voxel_size = (48, 48, 48), (1.0, 1.0, 1.0)
+    r = np.linalg.norm(np.indices(shape) - 23.5, axis=0)
+    brain = r < 18
+    valid = r < 15
+    chi_true = np.where(r < 6, 0.2, 0.0).astype(np.float32)
+    field = forward_field(chi_true, voxel_size, (0.0, 0.0, 1.0))
+    chi = INVERSIONS["tgv"](field, valid, voxel_size=voxel_size, brain=brain, iterations=300)
+    layer = ndimage.binary_dilation(valid) & ~valid
+    assert np.all(chi[layer] != 0) and np.all(chi[~(valid | layer)] == 0)
+    assert np.abs(chi[layer] - chi[valid].mean()).max() < 0.05
+    alone = INVERSIONS["tgv"](field, valid, voxel_size=voxel_size, iterations=300)
+    assert np.all(alone[~valid] == 0)
 
 
 def test_tgv_is_the_default():

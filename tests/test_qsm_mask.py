@@ -10,8 +10,12 @@ SHAPE = (80, 80, 64)
 TE = np.array([4.0, 10.0, 16.0, 22.0]) * 1e-3
 
 
-def _head(voxel_size=(1.0, 1.0, 1.0), snr=20.0, seed=0):
-    """(brain bool, magnitude (X, Y, Z, 4), wrapped phase (X, Y, Z, 4)) on a grid of 80 mm."""
+def _head(voxel_size=(1.0, 1.0, 1.0), snr=20.0, seed=0, scalp_radii=(1.2, 1.35), bridge=False):
+    """(brain bool, magnitude (X, Y, Z, 4), wrapped phase (X, Y, Z, 4)) on a grid of 80 mm.
+
+    scalp_radii: inner and outer radius of the scalp shell (brain radius 1); bridge: a strand
+    of tissue, one voxel thick, across the skull gap, as partial volume makes at a thin skull.
+    """
     shape = tuple(int(round(80 / h)) for h in voxel_size[:2]) + (int(round(64 / voxel_size[2])),)
     x, y, z = np.meshgrid(
         *[(np.arange(n) - (n - 1) / 2) * h for n, h in zip(shape, voxel_size, strict=True)],
@@ -19,7 +23,9 @@ def _head(voxel_size=(1.0, 1.0, 1.0), snr=20.0, seed=0):
     )
     radius = np.sqrt((x / 28) ** 2 + (y / 24) ** 2 + (z / 20) ** 2)
     brain = radius <= 1
-    scalp = (radius >= 1.2) & (radius <= 1.35)
+    scalp = (radius >= scalp_radii[0]) & (radius <= scalp_radii[1])
+    if bridge:
+        scalp |= (np.abs(y) < voxel_size[1] / 2) & (np.abs(z) < voxel_size[2] / 2) & (x > 0)
     # Deep grey matter with a short T2* and a vein (dark from the first echo), inside the brain.
     deep_gm = ((x - 8) / 6) ** 2 + (y / 5) ** 2 + (z / 5) ** 2 <= 1
     vein = ((x + 6) ** 2 + (z - 4) ** 2 <= 2.0) & (np.abs(y) < 15)
@@ -55,6 +61,16 @@ def test_mask_covers_the_brain(method, voxel_size):
     assert mask.dtype == bool and mask.shape == brain.shape
     covered, outside = _scores(mask, brain)
     assert covered >= 0.95 and outside < 0.02, (covered, outside)
+
+
+def test_a_thick_scalp_bridged_to_the_brain_is_left_out():
+    """The scalp is larger than the brain and joined to it by a strand of tissue: the brain is
+    still the component kept, and the skull between them is not filled in."""
+    brain, mag, phase = _head(scalp_radii=(1.15, 1.5), bridge=True)
+    for method in MASKS:
+        mask = MASKS[method](mag, voxel_size=(1, 1, 1), phase=phase, te=TE)
+        covered, outside = _scores(mask, brain)
+        assert covered >= 0.95 and outside < 0.02, (method, covered, outside)
 
 
 def test_dark_vein_and_deep_grey_matter_are_kept():

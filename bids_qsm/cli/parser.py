@@ -272,36 +272,46 @@ def _build_parser(defaults: Settings | None = None) -> ArgumentParser:
         help="-1 for scanners whose phase falls with TE for a positive field",
     )
     qsm.add_argument(
-        "--mask-method", "--mask_method", choices=choices["mask_method"], help="brain mask"
+        "--mask-method",
+        "--mask_method",
+        choices=choices["mask_method"],
+        help="brain mask (default: %(default)s)",
     )
     qsm.add_argument(
         "--unwrap-method",
         "--unwrap_method",
         choices=choices["unwrap_method"],
-        help="phase unwrapping",
+        help="phase unwrapping (default: %(default)s)",
     )
     qsm.add_argument(
         "--combine-method",
         "--combine_method",
         choices=choices["combine_method"],
-        help="fit of the field over echoes",
+        help="fit of the field over echoes (default: %(default)s)",
     )
     qsm.add_argument(
-        "--r2star-method", "--r2star_method", choices=choices["r2star_method"], help="R2*/T2* fit"
+        "--r2star-method",
+        "--r2star_method",
+        choices=choices["r2star_method"],
+        help="R2*/T2* fit (default: %(default)s)",
     )
     qsm.add_argument(
         "--background-method",
         "--background_method",
         choices=choices["background_method"],
-        help="background field removal",
+        help="background field removal (default: %(default)s)",
     )
     qsm.add_argument(
         "--inversion-method",
         "--inversion_method",
         choices=choices["inversion_method"],
-        help="dipole inversion",
+        help="dipole inversion (default: %(default)s)",
     )
-    qsm.add_argument("--reference", choices=choices["reference"], help="susceptibility reference")
+    qsm.add_argument(
+        "--reference",
+        choices=choices["reference"],
+        help="susceptibility reference (default: %(default)s)",
+    )
 
     roi = parser.add_argument_group("regions")
     roi.add_argument(

@@ -165,6 +165,7 @@ def _run_workflow(settings, runs, segmentations, verbosity):
     from nipype import config as nipype_config
     from nipype import logging as nipype_logging
 
+    from bids_qsm.cli.multiproc import MultiProc
     from bids_qsm.derivatives import write_citation
     from bids_qsm.workflows.base import init_bids_qsm_wf
 
@@ -178,6 +179,8 @@ def _run_workflow(settings, runs, segmentations, verbosity):
                 "stop_on_first_crash": settings.nipype.stop_on_first_crash,
                 "remove_unnecessary_outputs": False,
                 "parameterize_dirs": False,
+                # a local pool is cheap to poll; a cluster's queue is not
+                "poll_sleep_duration": 0.2 if settings.nipype.plugin == "MultiProc" else 2.0,
             },
             "monitoring": {"enabled": False},
             "logging": {
@@ -201,7 +204,10 @@ def _run_workflow(settings, runs, segmentations, verbosity):
     )  # fmt:skip
     logger.info("processing %d run(s) in %s", len(runs), exe.work_dir)
     try:
-        workflow.run(**settings.nipype.plugin_settings())
+        plugin = settings.nipype.plugin_settings()
+        if plugin["plugin"] == "MultiProc":
+            plugin["plugin"] = MultiProc(plugin_args=plugin.pop("plugin_args"))
+        workflow.run(**plugin)
     except Exception as err:  # noqa: BLE001 - Nipype raises plain RuntimeError on node failures
         failures = _crash_summaries(crash_dir)
         return failures or [f"processing failed: {err}"]

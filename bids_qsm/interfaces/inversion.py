@@ -50,16 +50,21 @@ class RemoveBackground(SimpleInterface):
 class _InvertInputSpec(_StageInputSpec):
     local_field = File(exists=True, mandatory=True, desc="local field (ppm)")
     mask = File(exists=True, mandatory=True, desc="mask the field is valid on")
+    brain_mask = File(exists=True, desc="brain mask, for methods that extend chi beyond `mask`")
     echo_times = traits.List(traits.Float, mandatory=True, desc="echo times (s)")
     field_strength = traits.Float(mandatory=True, desc="B0 (T)")
     method = traits.Enum(*INVERSIONS, usedefault=True, desc="dipole inversion")
+
+
+class _InvertOutputSpec(_StageOutputSpec):
+    mask = File(exists=True, desc="mask of the susceptibility map")
 
 
 class Invert(SimpleInterface):
     """Dipole inversion of a local field map into susceptibility (ppm)."""
 
     input_spec = _InvertInputSpec
-    output_spec = _StageOutputSpec
+    output_spec = _InvertOutputSpec
 
     def _run_interface(self, runtime):
         field, ref = load(self.inputs.local_field)
@@ -70,12 +75,18 @@ class Invert(SimpleInterface):
             "te": float(np.sqrt(np.sum(np.square(self.inputs.echo_times)))),
             "b0_tesla": self.inputs.field_strength,
         }
+        if self.inputs.brain_mask:
+            acquisition["brain"] = load_mask(self.inputs.brain_mask)
+        valid = load_mask(self.inputs.mask)
         chi, params, warnings = run_stage(
-            INVERSIONS[self.inputs.method], field, load_mask(self.inputs.mask),
+            INVERSIONS[self.inputs.method], field, valid,
             data={**grid, **acquisition}, params=self.inputs.params,
             nthreads=self.inputs.omp_nthreads,
         )  # fmt:skip
         self._results["out_file"] = save_like(ref, chi, runtime.cwd, "chi")
+        self._results["mask"] = save_like(
+            ref, valid | (chi != 0), runtime.cwd, "chi_mask", dtype=np.uint8
+        )
         self._results["params"] = {
             "method": self.inputs.method,
             **params,

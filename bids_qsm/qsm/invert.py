@@ -217,11 +217,16 @@ def tgv(
     iterations=1000,
     tol=0.0,
     init="tikhonov",
+    brain=None,
+    extend_layers=1,
 ):
     """TGV-QSM of a local (background-removed) field: chi (ppm), float32, 0 outside the mask.
 
-    local_field_ppm: local field, ppm; mask: bool; voxel_size: mm; b0_dir: unit B0 vector in
-    voxel axes (oblique B0 is exact: the dipole operator is a 13-point stencil, see `tgv.py`).
+    local_field_ppm: local field, ppm; mask: bool, where the local field is valid; voxel_size:
+    mm; b0_dir: unit B0 vector in voxel axes (oblique B0 is exact: the dipole operator is a
+    13-point stencil, see `tgv.py`). brain: optional bool brain mask; chi is then also estimated,
+    from the regulariser alone, on the brain voxels up to `extend_layers` voxels (face steps)
+    outside `mask`, which gives back the layer that background removal erodes.
 
     Alpha convention (that of the public TGV-QSM code): `alpha1` weighs ||grad chi - w||_1 and
     `alpha0` weighs ||E w||_1, for a field expressed as phase in rad at echo time `te` (s) and
@@ -249,9 +254,14 @@ def tgv(
     phase = np.pad(np.where(mask, field, 0.0) * scale, 1)
     lap = _tgv.laplacian(phase, voxel_size)[1:-1, 1:-1, 1:-1]
     chi0 = _initial(field, mask, voxel_size, b, init)
+    support = mask
+    if brain is not None and extend_layers > 0:
+        grown = ndimage.binary_dilation(mask, iterations=int(extend_layers))
+        support = mask | (grown & np.asarray(brain, dtype=bool))
     chi, done = _tgv.solve_in_mask(
-        lap, mask, voxel_size=voxel_size, b0_dir=b, alpha1=alpha1, alpha0=alpha0,
+        lap, support, voxel_size=voxel_size, b0_dir=b, alpha1=alpha1, alpha0=alpha0,
         iterations=iterations, tol=tol, chi0=None if chi0 is None else chi0 * scale,
+        data_mask=mask,
     )  # fmt: skip
     logger.info("TGV-QSM: %d iterations", done)
     return chi / scale

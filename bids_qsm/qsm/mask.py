@@ -9,9 +9,9 @@
   magnitude coherence), which drops voxels whose phase is noise (skull, sinus voids) while the
   smooth phase of veins and deep grey matter passes.
 
-Every method keeps the largest connected component, fills holes (in 3-D and slice by slice, so
-ventricles and dark veins stay inside) and optionally erodes by `erode_mm` (a distance in mm,
-so anisotropic voxels erode by the same physical depth).
+Every method keeps the brain's connected component (see `_brain_component`), fills holes (in
+3-D and slice by slice, so ventricles and dark veins stay inside) and optionally erodes by
+`erode_mm` (a distance in mm, so anisotropic voxels erode by the same physical depth).
 """
 
 import logging
@@ -56,14 +56,12 @@ def background_level(magnitude):
 
 
 def _clean(mask, voxel_size, erode_mm, fill_holes=True):
-    """Largest connected component, hole filling (3-D and per slice), erosion by `erode_mm`."""
-    labels, count = ndimage.label(mask)
-    if count == 0:
+    """Brain component (`_brain_component`), hole filling (3-D and per slice), erosion by
+    `erode_mm`."""
+    if not mask.any():
         logger.warning("mask is empty")
         return mask.astype(bool)
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    mask = labels == np.argmax(sizes)
+    mask = _brain_component(mask)
     if fill_holes:
         # On the component's bounding box (plus a border, so that outside stays outside).
         box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in np.nonzero(mask))
@@ -76,6 +74,20 @@ def _clean(mask, voxel_size, erode_mm, fill_holes=True):
         depth = ndimage.distance_transform_edt(mask, sampling=voxel_size)
         mask = depth > erode_mm
     return mask
+
+
+def _brain_component(mask):
+    """The connected component of the mask that holds its deepest voxel (the brain's centre,
+    not the thin shell of the scalp), after a one-voxel opening: partial volume across a thin
+    skull makes bridges between scalp and brain that would otherwise join them, and hole
+    filling would then take the skull in."""
+    depth = ndimage.distance_transform_edt(mask)
+    deepest = np.unravel_index(np.argmax(depth), mask.shape)
+    labels, _ = ndimage.label(ndimage.binary_erosion(mask))
+    if labels[deepest]:
+        return ndimage.binary_dilation(labels == labels[deepest]) & mask
+    labels, _ = ndimage.label(mask)  # too thin to open: the component of the deepest voxel
+    return labels == labels[deepest]
 
 
 def _fill_slices(mask, axis):

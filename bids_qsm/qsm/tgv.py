@@ -504,16 +504,28 @@ def scaled_iterations(iterations, voxel_size):
 
 
 def solve_in_mask(
-    lap_phi0, mask, *, voxel_size, b0_dir, alpha1, alpha0, iterations, tol=0.0, chi0=None
+    lap_phi0,
+    mask,
+    *,
+    voxel_size,
+    b0_dir,
+    alpha1,
+    alpha0,
+    iterations,
+    tol=0.0,
+    chi0=None,
+    data_mask=None,
 ):
     """`solve` on the mask's bounding box of a whole grid; chi 0 outside the mask.
 
-    lap_phi0: Laplacian of the phase (rad/mm^2), full grid, used on the mask eroded by the
-    stencil footprint; chi0: optional initial chi (rad), full grid. iterations: count at 1 mm^3,
-    scaled up for finer grids (`scaled_iterations`). Returns (chi in rad, iterations run).
+    lap_phi0: Laplacian of the phase (rad/mm^2), full grid, used on `data_mask` (default: the
+    mask) eroded by the stencil footprint; chi0: optional initial chi (rad), full grid.
+    iterations: count at 1 mm^3, scaled up for finer grids (`scaled_iterations`).
+    Returns (chi in rad, iterations run).
     """
     mask = np.asarray(mask, dtype=bool)
-    mask0 = ndimage.binary_erosion(mask, FOOTPRINT)
+    data_mask = mask if data_mask is None else np.asarray(data_mask, dtype=bool) & mask
+    mask0 = ndimage.binary_erosion(data_mask, FOOTPRINT)
     box = _box(mask)
     # 2 zero voxels on every side of the box: chi may spill one voxel beyond the mask.
     padded = tuple(n + 4 for n in mask[box].shape)
