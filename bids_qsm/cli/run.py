@@ -5,6 +5,7 @@ Exit codes (DESIGN.md): 0 done; 1 processing failed; 2 usage; 16 BIDS validation
 """
 
 import logging
+import os
 import re
 import sys
 import tempfile
@@ -191,6 +192,7 @@ def _run_workflow(settings, runs, segmentations, verbosity):
         }
     )
     nipype_logging.update_logging(nipype_config)
+    _configure_nipype_workers(exe.work_dir, verbosity)
     workflow = init_bids_qsm_wf(settings, runs, segmentations)
     methods = settings.workflow
     write_citation(
@@ -212,6 +214,20 @@ def _run_workflow(settings, runs, segmentations, verbosity):
         failures = _crash_summaries(crash_dir)
         return failures or [f"processing failed: {err}"]
     return []
+
+
+def _configure_nipype_workers(work_dir, verbosity):
+    """Nipype's log levels for worker processes and batch jobs, which start fresh and would log
+    every node at Nipype's default INFO level: a nipype.cfg they find through
+    $NIPYPE_CONFIG_DIR (a folder the user set already is left alone)."""
+    folder = Path(work_dir) / "nipype_config"
+    folder.mkdir(parents=True, exist_ok=True)
+    level = "INFO" if verbosity else "WARNING"
+    (folder / "nipype.cfg").write_text(
+        f"[logging]\nworkflow_level = {level}\ninterface_level = WARNING\n"
+        "utils_level = WARNING\n"
+    )
+    os.environ.setdefault("NIPYPE_CONFIG_DIR", str(folder))
 
 
 def _crash_summaries(crash_dir):
