@@ -56,6 +56,7 @@ class Workflow:
     inversion: str = "tgv"
     reference: str = "mean"
     reference_labels: str = "csf"
+    mask_dir: Path | None = None
     segmentation_dir: Path | None = None
     segmentation_lut: str = "auto"
     registration: str = "rigid"

@@ -33,6 +33,13 @@ def apply_sidecar(workflow, sidecar):
     workflow.phase_sign = meta["PhaseScaling"]["sign"]
     for section, (attribute, stage) in SIDECAR_STAGES.items():
         settings = dict(meta[section])
+        if section == "Masking" and settings["method"] == "file":
+            if workflow.mask_dir is None:
+                raise ValueError(
+                    f"{path}: the map was made with the user's mask {settings.get('file')}; "
+                    "give --mask-dir too"
+                )
+            continue
         setattr(workflow, attribute, settings["method"])
         workflow.parameters[stage] = {k: v for k, v in settings.items() if k not in _NOT_SETTINGS}
     return workflow

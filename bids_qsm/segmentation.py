@@ -6,8 +6,9 @@ table of `index` and `name` (`<same name>.tsv`, or `dseg.tsv` / `desc-<d>_dseg.t
 or any parent up to the dataset root). Without a table, FreeSurfer aseg numbering is used only
 when declared (`lookup="freesurfer"`) or when the dataset's `GeneratedBy` names a FreeSurfer-family
 pipeline. Labels on another grid need the subject's `*_T1w.nii[.gz]` in the same dataset: it is
-registered to the first-echo magnitude and the labels follow. Every problem is a
-`SegmentationError` whose text is one line naming the file.
+registered to the first-echo magnitude and the labels follow. A user's brain mask
+(`--mask-dir`, `*_desc-brain_mask.nii[.gz]`) is found the same way but must be on the MEGRE
+grid. Every problem is a `SegmentationError` whose text is one line naming the file.
 """
 
 import csv
@@ -87,6 +88,27 @@ def find_segmentation(
             f"sub-{subject}*_T1w.nii[.gz] in {dseg.parent} to register",
         )
     return Segmentation(dseg, names, table, reference)
+
+
+def find_mask(mask_dir, *, subject, session=None, target_shape, target_affine):
+    """The user's brain mask of `subject` (and `session`): `*_desc-brain_mask.nii[.gz]` in
+    `mask_dir` (a BIDS-Derivatives folder, searched like a segmentation), which must lie on the
+    MEGRE grid (target_shape, target_affine as in `find_segmentation`). Raises
+    SegmentationError naming the file or folder."""
+    root = Path(mask_dir)
+    subject, session = _strip(subject, "sub-"), _strip(session, "ses-")
+    if not root.is_dir():
+        raise SegmentationError(root, "mask directory does not exist")
+    candidates = _candidates(root, subject, session, "brain", suffix="mask", what="brain mask")
+    mask = _choose(root, candidates, target_shape, target_affine, what="brain masks")
+    shape, affine = _header(mask)
+    if not _same_grid(shape, affine, target_shape, target_affine):
+        raise SegmentationError(
+            mask,
+            f"the mask ({'x'.join(map(str, shape))}) is not on the MEGRE grid "
+            f"({'x'.join(map(str, target_shape[:3]))}, same affine): bring it into the run's space",
+        )
+    return mask
 
 
 def labels_on_grid(segmentation, *, magnitude, target_affine, kind="rigid", num_threads=None):
@@ -273,11 +295,11 @@ def _nii_files(root, suffix):
     return sorted(set(files) - set(hidden))
 
 
-def _candidates(root, subject, session, desc):
-    """dseg files of this subject (and session) in native space; errors say what exists."""
-    files = [p for p in _nii_files(root, "dseg") if _entities(p).get("space") in NATIVE_SPACES]
+def _candidates(root, subject, session, desc, suffix="dseg", what="segmentation"):
+    """`suffix` files of this subject (and session) in native space; errors say what exists."""
+    files = [p for p in _nii_files(root, suffix) if _entities(p).get("space") in NATIVE_SPACES]
     if not files:
-        raise SegmentationError(root, "no *_dseg.nii[.gz] segmentation in the subject's space")
+        raise SegmentationError(root, f"no *_{suffix}.nii[.gz] {what} in the subject's space")
     for path in files:
         folder = next((p[4:] for p in path.relative_to(root).parts if p.startswith("sub-")), None)
         named = _entities(path).get("sub")
@@ -287,12 +309,12 @@ def _candidates(root, subject, session, desc):
     if not mine:
         others = sorted({f"sub-{_entities(p).get('sub')}" for p in files})
         raise SegmentationError(
-            root, f"no segmentation for sub-{subject} (wrong subject? found {', '.join(others)})"
+            root, f"no {what} for sub-{subject} (wrong subject? found {', '.join(others)})"
         )
     if desc is not None:
         mine = [p for p in mine if _entities(p).get("desc") == desc]
         if not mine:
-            raise SegmentationError(root, f"no desc-{desc} segmentation for sub-{subject}")
+            raise SegmentationError(root, f"no desc-{desc} {what} for sub-{subject}")
     same_session = [p for p in mine if _entities(p).get("ses") == session]
     if same_session:
         return same_session
@@ -303,11 +325,11 @@ def _candidates(root, subject, session, desc):
         return mine
     found = ", ".join(sorted({f"ses-{_entities(p).get('ses')}" for p in mine}))
     raise SegmentationError(
-        root, f"no segmentation for sub-{subject} ses-{session or '(none)'} (found {found})"
+        root, f"no {what} for sub-{subject} ses-{session or '(none)'} (found {found})"
     )
 
 
-def _choose(root, candidates, target_shape, target_affine):
+def _choose(root, candidates, target_shape, target_affine, what="segmentations"):
     """One file: the only one, else the one(s) on the MEGRE grid, else desc-aseg."""
     if len(candidates) > 1:
         on_grid = [p for p in candidates if _same_grid(*_header(p), target_shape, target_affine)]
@@ -317,7 +339,7 @@ def _choose(root, candidates, target_shape, target_affine):
         candidates = aseg or candidates
     if len(candidates) > 1:
         listed = ", ".join(p.name for p in candidates)
-        raise SegmentationError(root, f"several segmentations fit ({listed}); choose one by desc")
+        raise SegmentationError(root, f"several {what} fit ({listed}); choose one by desc")
     return candidates[0]
 
 

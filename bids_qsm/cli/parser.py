@@ -42,6 +42,7 @@ SETTINGS_OF_ARGUMENT = {
     "inversion_method": ("workflow", "inversion"),
     "reference": ("workflow", "reference"),
     "reference_labels": ("workflow", "reference_labels"),
+    "mask_dir": ("workflow", "mask_dir"),
     "segmentation_dir": ("workflow", "segmentation_dir"),
     "segmentation_lut": ("workflow", "segmentation_lut"),
     "registration": ("workflow", "registration"),
@@ -276,6 +277,14 @@ def _build_parser(defaults: Settings | None = None) -> ArgumentParser:
         "--mask_method",
         choices=choices["mask_method"],
         help="brain mask (default: %(default)s)",
+    )
+    qsm.add_argument(
+        "--mask-dir",
+        "--mask_dir",
+        type=_existing_dir,
+        metavar="DIR",
+        help="BIDS-Derivatives folder with each run's own sub-<l>[_ses-<l>]*_desc-brain_mask"
+        ".nii[.gz] on the MEGRE grid, used instead of --mask-method",
     )
     qsm.add_argument(
         "--unwrap-method",

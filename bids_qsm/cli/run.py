@@ -48,8 +48,11 @@ def main(argv=None) -> int:
     except SelectionError as err:
         _error(str(err))
         return EX_NOSELECTION
+    masks, mask_problems = _find_masks(settings, runs)
+    if settings.workflow.mask_dir is not None:
+        runs = [run for run in runs if run.prefix in masks]
     segmentations, seg_problems = _find_segmentations(settings, runs)
-    problems = [*problems, *seg_problems]
+    problems = [*problems, *mask_problems, *seg_problems]
     for problem in problems:
         _error(str(problem))
     if not runs:
@@ -65,7 +68,7 @@ def main(argv=None) -> int:
         return EX_FAILED
     settings.to_toml(exe.log_dir / f"config-{exe.run_uuid}.toml")
 
-    failures = _run_workflow(settings, runs, segmentations, verbosity)
+    failures = _run_workflow(settings, runs, segmentations, masks, verbosity)
     from bids_qsm.reports.assemble import generate_reports
 
     by_subject = {}
@@ -99,6 +102,30 @@ def _validate_input(bids_dir):
         _error(f"{bids_dir} is not valid BIDS (fix it, or use --skip-bids-validation)")
         return EX_INVALID
     return EX_OK
+
+
+def _find_masks(settings, runs):
+    """{run prefix: the user's brain mask} with --mask-dir, and one problem per run without
+    (that run is not processed: a mask computed instead is not what was asked for)."""
+    import nibabel as nb
+
+    from bids_qsm.bids import InputProblem
+    from bids_qsm.segmentation import SegmentationError, find_mask
+
+    if settings.workflow.mask_dir is None:
+        return {}, []
+    found, problems = {}, []
+    for run in runs:
+        header = nb.load(run.echoes[0].phase or run.echoes[0].real)
+        try:
+            found[run.prefix] = find_mask(
+                settings.workflow.mask_dir, subject=run.subject, session=run.session,
+                target_shape=header.shape[:3], target_affine=header.affine,
+            )  # fmt:skip
+        except SegmentationError as err:
+            message = f"{err.message} ({run.prefix} is not processed)"
+            problems.append(InputProblem(err.path, run.subject, message))
+    return found, problems
 
 
 def _find_segmentations(settings, runs):
@@ -161,7 +188,7 @@ def _run_group(settings):
     return EX_OK
 
 
-def _run_workflow(settings, runs, segmentations, verbosity):
+def _run_workflow(settings, runs, segmentations, masks, verbosity):
     """Build and run the graph; one line per failed node (empty when all went well)."""
     from nipype import config as nipype_config
     from nipype import logging as nipype_logging
@@ -193,7 +220,7 @@ def _run_workflow(settings, runs, segmentations, verbosity):
     )
     nipype_logging.update_logging(nipype_config)
     _configure_nipype_workers(exe.work_dir, verbosity)
-    workflow = init_bids_qsm_wf(settings, runs, segmentations)
+    workflow = init_bids_qsm_wf(settings, runs, segmentations, masks)
     methods = settings.workflow
     write_citation(
         exe.output_dir,
@@ -224,8 +251,7 @@ def _configure_nipype_workers(work_dir, verbosity):
     folder.mkdir(parents=True, exist_ok=True)
     level = "INFO" if verbosity else "WARNING"
     (folder / "nipype.cfg").write_text(
-        f"[logging]\nworkflow_level = {level}\ninterface_level = WARNING\n"
-        "utils_level = WARNING\n"
+        f"[logging]\nworkflow_level = {level}\ninterface_level = WARNING\nutils_level = WARNING\n"
     )
     os.environ.setdefault("NIPYPE_CONFIG_DIR", str(folder))
 

@@ -109,16 +109,25 @@ class _BrainMaskInputSpec(_StageInputSpec):
     phase = File(exists=True, desc="4-D phase (rad), for phase-quality refinement")
     echo_times = traits.List(traits.Float, desc="echo times (s)")
     method = traits.Enum(*MASKS, usedefault=True, desc="masking method")
+    mask_file = File(exists=True, desc="the user's mask on the same grid, used instead")
 
 
 class BrainMask(SimpleInterface):
-    """Brain mask from the magnitude (and phase quality, if the method uses it)."""
+    """Brain mask from the magnitude (and phase quality, if the method uses it), or the user's."""
 
     input_spec = _BrainMaskInputSpec
     output_spec = _StageOutputSpec
 
     def _run_interface(self, runtime):
         magnitude, ref = load(self.inputs.magnitude)
+        if self.inputs.mask_file:
+            mask = load_mask(self.inputs.mask_file)
+            if not mask.any():
+                raise RuntimeError(f"{self.inputs.mask_file}: the mask is empty")
+            self._results["out_file"] = save_like(ref, mask, runtime.cwd, "mask", dtype=np.uint8)
+            self._results["params"] = {"method": "file", "file": self.inputs.mask_file}
+            self._results["warnings"] = []
+            return runtime
         data = {
             "phase": load(self.inputs.phase)[0] if self.inputs.phase else None,
             "te": np.asarray(self.inputs.echo_times) if self.inputs.echo_times else None,

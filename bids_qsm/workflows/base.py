@@ -19,10 +19,11 @@ def resolve_threads(settings):
     return nipype
 
 
-def init_bids_qsm_wf(settings, runs, segmentations=None):
+def init_bids_qsm_wf(settings, runs, segmentations=None, masks=None):
     """One sub-workflow per selected subject, each processing that subject's MEGRE runs.
 
-    segmentations: {run prefix: (Segmentation, reference label indices)} for runs with one.
+    segmentations: {run prefix: (Segmentation, reference label indices)} for runs with one;
+    masks: {run prefix: the user's brain mask (path)} for runs with one.
     """
     workflow = Workflow(name="bids_qsm_wf")
     workflow.base_dir = str(settings.execution.work_dir)
@@ -32,12 +33,16 @@ def init_bids_qsm_wf(settings, runs, segmentations=None):
         by_subject.setdefault(run.subject, []).append(run)
     for subject, subject_runs in sorted(by_subject.items()):
         workflow.add_nodes(
-            [init_single_subject_wf(subject, subject_runs, settings, segmentations or {})]
+            [
+                init_single_subject_wf(
+                    subject, subject_runs, settings, segmentations or {}, masks or {}
+                )
+            ]
         )
     return workflow
 
 
-def init_single_subject_wf(subject, runs, settings, segmentations):
+def init_single_subject_wf(subject, runs, settings, segmentations, masks):
     """QSM of every MEGRE run of one subject, written to the derivatives dataset."""
     workflow = Workflow(name=f"sub_{subject}_wf")
     workflow.__desc__ = (
@@ -64,6 +69,7 @@ def init_single_subject_wf(subject, runs, settings, segmentations):
             sidecar_units=run.phase_units,
             phase_sign=methods.phase_sign,
             mask_method=methods.mask,
+            mask_file=masks.get(run.prefix),
             unwrap_method=methods.unwrap,
             combine_method=methods.combine,
             relaxometry_method=methods.relaxometry,

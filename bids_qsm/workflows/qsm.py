@@ -52,6 +52,7 @@ def init_qsm_wf(
     sidecar_units="missing",
     phase_sign=1,
     mask_method="otsu",
+    mask_file=None,
     unwrap_method="romeo",
     combine_method="linear",
     relaxometry_method="loglinear",
@@ -67,6 +68,7 @@ def init_qsm_wf(
     echo_times: seconds, ascending (they only shape the description; the data arrive on
     `inputnode.echo_times`); mem_gb: per-stage estimates from `estimate_mem_gb`;
     sidecar_units: the phase sidecar's `Units` ("rad", "arbitrary" or "missing");
+    mask_file: the user's brain mask on the run's grid, used instead of `mask_method`;
     reference_labels: label indices of the reference region when `reference` is "labels" (the
     label image arrives on `inputnode.labels`); parameters: {stage: {parameter: value}} for the
     stages mask, unwrap, combine, relaxometry, background, inversion, reference and swi, where
@@ -76,11 +78,16 @@ def init_qsm_wf(
     cites = load_json("citations.json")
     workflow = Workflow(name=name)
     n = len(echo_times)
+    masking = (
+        "the brain mask was given by the user"
+        if mask_file
+        else f"a brain mask was computed with {cites['mask'][mask_method][0]}"
+    )
     workflow.__desc__ = (
         f"The phase of {n} echo{'es' if n > 1 else ''} (TE = "
         f"{', '.join(f'{1e3 * te:g}' for te in echo_times)} ms) was scaled to radians and "
-        f"a brain mask was computed with {cites['mask'][mask_method][0]}. The phase was unwrapped "
-        f"with {cites['unwrap'][unwrap_method][0]} and the field was estimated with "
+        f"{masking}. The phase was unwrapped with {cites['unwrap'][unwrap_method][0]} and "
+        "the field was estimated with "
         f"{cites['combine'][combine_method][0]}. Background fields were removed with "
         f"{cites['background'][background_method][0]}, and susceptibility was computed with "
         f"{cites['inversion'][inversion_method][0]}, referenced to "
@@ -103,6 +110,8 @@ def init_qsm_wf(
         BrainMask(method=mask_method, **stage_inputs("mask")),
         name="mask", mem_gb=mem_gb["mask"], n_procs=omp_nthreads,
     )  # fmt:skip
+    if mask_file:
+        mask.inputs.mask_file = str(mask_file)
     unwrap = pe.Node(
         Unwrap(method=unwrap_method, **stage_inputs("unwrap")),
         name="unwrap", mem_gb=mem_gb["unwrap"], n_procs=omp_nthreads,
