@@ -5,8 +5,8 @@ sampled through the acquisition affine on a grid `oversample` times finer than t
 Susceptibility (ppm, relative to water; air +9.41) makes a field through the dipole kernel of the
 grid's own B0 direction, so a tilted head gets an oblique affine and the right field: the sources
 outside the brain on the fine grid, the brain's own on the acquired grid (so that the local field
-of the truth is exactly the local part of the data). The complex
-signal PD * exp(-R2* TE) * exp(i (2 pi f TE + phi0)) is averaged over each block of fine voxels
+of the truth is exactly the local part of the data). The complex signal
+PD * exp(-R2* TE) * exp(i (2 pi f TE + phi0)) is averaged over each block of fine voxels
 (partial volume and intravoxel dephasing), then complex Gaussian noise is added. The field is
 shimmed like a scanner's second-order shim (harmonics of order <= 2 fitted over the brain).
 

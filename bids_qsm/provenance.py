@@ -26,12 +26,16 @@ def apply_sidecar(workflow, sidecar):
         meta = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise ValueError(f"{path}: cannot read the sidecar ({err})") from None
-    missing = [key for key in ("PhaseScaling", *SIDECAR_STAGES) if key not in meta]
+    # a single-echo run has no R2*, hence no Relaxometry section
+    required = ("PhaseScaling", *(key for key in SIDECAR_STAGES if key != "Relaxometry"))
+    missing = [key for key in required if key not in meta]
     if missing:
         raise ValueError(f"{path}: not a bids_qsm Chimap sidecar (no {', '.join(missing)})")
     workflow.phase_units = meta["PhaseScaling"]["units"]
     workflow.phase_sign = meta["PhaseScaling"]["sign"]
     for section, (attribute, stage) in SIDECAR_STAGES.items():
+        if section not in meta:
+            continue
         settings = dict(meta[section])
         if section == "Masking" and settings["method"] == "file":
             if workflow.mask_dir is None:

@@ -10,6 +10,7 @@ import pytest
 
 from bids_qsm.cli.run import main
 from bids_qsm.phantom import write_dataset
+from bids_qsm.validation import validate
 
 
 def _truth(bids, prefix):
@@ -201,3 +202,31 @@ def test_real_siemens_phantom_runs_to_a_finite_map(shared_data, tmp_path):
     meta = json.loads((anat / "sub-phantom_Chimap.json").read_text())
     assert meta["PhaseScaling"]["units"] == "arbitrary"
     assert len(meta["EchoTime"]) == 6
+    assert validate(out) == []
+
+
+def test_single_echo_run_gets_a_map_without_r2star(tmp_path):
+    bids = write_dataset(
+        tmp_path / "bids", shape=(64, 76, 56), voxel_size=(3.0, 3.0, 3.0), echo_times=(0.02,),
+        seed=8,
+    )  # fmt:skip
+    out = tmp_path / "out"
+    code = main([str(bids), str(out), "participant", "-w", str(tmp_path / "work"),
+                 "--skip-bids-validation"])  # fmt:skip
+    assert code == 0
+    anat = out / "sub-01" / "anat"
+    true_chi, _, brain, _ = _truth(bids, "sub-01")
+    chi = nb.load(anat / "sub-01_Chimap.nii.gz").get_fdata()
+    inside = brain & (chi != 0)
+    assert np.corrcoef(chi[inside], true_chi[inside])[0, 1] > 0.5
+    assert not list(anat.glob("*_R2starmap.*")) and not list(anat.glob("*_T2starmap.*"))
+    meta = json.loads((anat / "sub-01_Chimap.json").read_text())
+    assert meta["EchoTime"] == [0.02] and "Relaxometry" not in meta
+    assert "R2*" not in (out / "logs" / "CITATION.md").read_text()
+    assert (out / "sub-01.html").is_file()
+    again, sidecar = tmp_path / "again", anat / "sub-01_Chimap.json"
+    code = main([str(bids), str(again), "participant", "-w", str(tmp_path / "work_again"),
+                 "--skip-bids-validation", "--reproduce", str(sidecar)])  # fmt:skip
+    assert code == 0
+    second = nb.load(again / "sub-01" / "anat" / "sub-01_Chimap.nii.gz").get_fdata()
+    np.testing.assert_allclose(second, chi, atol=1e-6)

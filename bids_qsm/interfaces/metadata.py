@@ -1,6 +1,12 @@
 """The sidecars of a run's derivatives, assembled from what every stage reports it did."""
 
-from nipype.interfaces.base import BaseInterfaceInputSpec, SimpleInterface, TraitedSpec, traits
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
 
 from bids_qsm.data import load_json
 
@@ -24,7 +30,7 @@ class _SidecarsInputSpec(BaseInterfaceInputSpec):
     mask_params = traits.Dict(mandatory=True)
     unwrap_params = traits.Dict(mandatory=True)
     combine_params = traits.Dict(mandatory=True)
-    relaxometry_params = traits.Dict(mandatory=True)
+    relaxometry_params = traits.Dict(desc="none for a single echo")
     background_params = traits.Dict(mandatory=True)
     inversion_params = traits.Dict(mandatory=True)
     reference_params = traits.Dict(mandatory=True)
@@ -48,7 +54,11 @@ class Sidecars(SimpleInterface):
 
     def _run_interface(self, runtime):
         cites = load_json("citations.json")
-        stages = {key: getattr(self.inputs, trait) for trait, key in _STAGES.items()}
+        stages = {
+            key: getattr(self.inputs, trait)
+            for trait, key in _STAGES.items()
+            if isdefined(getattr(self.inputs, trait))
+        }
         inversion = stages["DipoleInversion"]
         reference = stages["Referencing"]["method"]
         warnings = list(dict.fromkeys(self.inputs.warnings))
@@ -75,15 +85,16 @@ class Sidecars(SimpleInterface):
             "Masking": stages["Masking"],
             "BackgroundRemoval": stages["BackgroundRemoval"],
         }
-        relax_name, relax_cite = cites["relaxometry"][stages["Relaxometry"]["method"]]
-        self._results["relaxometry"] = {
-            "SkullStripped": True,
-            "EstimationAlgorithm": relax_name,
-            "EstimationReference": relax_cite,
-            **common,
-            "Masking": stages["Masking"],
-            "Relaxometry": stages["Relaxometry"],
-        }
+        if "Relaxometry" in stages:
+            relax_name, relax_cite = cites["relaxometry"][stages["Relaxometry"]["method"]]
+            self._results["relaxometry"] = {
+                "SkullStripped": True,
+                "EstimationAlgorithm": relax_name,
+                "EstimationReference": relax_cite,
+                **common,
+                "Masking": stages["Masking"],
+                "Relaxometry": stages["Relaxometry"],
+            }
         self._results["fields"] = {
             **common,
             **{k: stages[k] for k in ("Masking", "Unwrapping", "EchoCombination")},

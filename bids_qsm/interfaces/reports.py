@@ -20,7 +20,7 @@ class _RunFiguresInputSpec(BaseInterfaceInputSpec):
     field = File(exists=True, mandatory=True, desc="total field (Hz)")
     local_field = File(exists=True, mandatory=True, desc="local field (ppm)")
     chimap = File(exists=True, mandatory=True, desc="susceptibility (ppm)")
-    r2star = File(exists=True, mandatory=True, desc="R2* (1/s)")
+    r2star = File(exists=True, desc="R2* (1/s); none for a single echo")
     swi = File(exists=True, mandatory=True, desc="susceptibility-weighted image")
     minip = File(exists=True, mandatory=True, desc="minimum intensity projection of the SWI")
 
@@ -57,13 +57,14 @@ class RunFigures(SimpleInterface):
             ),
             "chimap": plot_chimap(load(self.inputs.chimap)[0], out("chimap"), voxel_size=voxel,
                                   mask=mask),
-            "r2star": plot_map(
-                load(self.inputs.r2star)[0], out("r2star"), voxel_size=voxel, mask=brain,
-                cmap="magma", label="R2* (1/s)",
-            ),
             "swi": plot_swi(load(self.inputs.swi)[0], load(self.inputs.minip)[0], out("swi"),
                             voxel_size=voxel, mask=mask),
         }  # fmt:skip
+        if self.inputs.r2star:
+            files["r2star"] = plot_map(
+                load(self.inputs.r2star)[0], out("r2star"), voxel_size=voxel, mask=brain,
+                cmap="magma", label="R2* (1/s)",
+            )  # fmt:skip
         self._results["keys"] = list(files)
         self._results["out_files"] = [str(f.path) for f in files.values()]
         return runtime

@@ -92,8 +92,9 @@ def init_single_subject_wf(subject, runs, settings, segmentations, masks):
             inputs.magnitude = [str(e.magnitude) for e in run.echoes]
             inputs.phase = [str(e.phase) for e in run.echoes]
 
+        multi_echo = len(run.echo_times) > 1
         derivatives_wf = init_qsm_derivatives_wf(
-            output_dir=settings.execution.output_dir, name=f"ds_{name}_wf"
+            output_dir=settings.execution.output_dir, relaxometry=multi_echo, name=f"ds_{name}_wf"
         )
         source = run.echoes[0].real if complex_input else run.echoes[0].phase
         derivatives_wf.inputs.inputnode.source_file = str(source)
@@ -101,11 +102,8 @@ def init_single_subject_wf(subject, runs, settings, segmentations, masks):
             (qsm_wf, derivatives_wf, [
                 ("outputnode.chimap", "inputnode.chimap"),
                 ("outputnode.mask", "inputnode.mask"),
-                ("outputnode.r2star", "inputnode.r2star"),
-                ("outputnode.t2star", "inputnode.t2star"),
                 ("outputnode.chimap_meta", "inputnode.chimap_meta"),
                 ("outputnode.mask_meta", "inputnode.mask_meta"),
-                ("outputnode.relaxometry_meta", "inputnode.relaxometry_meta"),
                 ("outputnode.field", "inputnode.field"),
                 ("outputnode.local_field", "inputnode.local_field"),
                 ("outputnode.swi", "inputnode.swi"),
@@ -116,6 +114,14 @@ def init_single_subject_wf(subject, runs, settings, segmentations, masks):
                 ("outputnode.swi_meta", "inputnode.swi_meta"),
             ]),
         ])  # fmt:skip
+        if multi_echo:
+            workflow.connect([
+                (qsm_wf, derivatives_wf, [
+                    ("outputnode.r2star", "inputnode.r2star"),
+                    ("outputnode.t2star", "inputnode.t2star"),
+                    ("outputnode.relaxometry_meta", "inputnode.relaxometry_meta"),
+                ]),
+            ])  # fmt:skip
         if segmentation is not None:
             _add_region_statistics(
                 workflow, qsm_wf, run=run, segmentation=segmentation, methods=methods,

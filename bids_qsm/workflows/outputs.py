@@ -11,11 +11,12 @@ _FIELDS = [
 ]  # fmt:skip
 
 
-def init_qsm_derivatives_wf(*, output_dir, name="qsm_derivatives_wf"):
+def init_qsm_derivatives_wf(*, output_dir, relaxometry=True, name="qsm_derivatives_wf"):
     """Sinks for every map of one run and its report figures, named after its source run.
 
     The total field (Hz), local field (ppm), SWI and minIP have no BIDS suffix yet; their names
-    are listed in the dataset's .bidsignore.
+    are listed in the dataset's .bidsignore. relaxometry: write the R2* and T2* maps (a
+    single-echo run has none).
     """
     from bids_qsm.interfaces.sink import DerivativesDataSink
 
@@ -31,8 +32,6 @@ def init_qsm_derivatives_wf(*, output_dir, name="qsm_derivatives_wf"):
 
     ds_chimap = sink("ds_chimap", suffix="Chimap")
     ds_mask = sink("ds_mask", desc="brain", suffix="mask")
-    ds_r2star = sink("ds_r2star", suffix="R2starmap", Units="1/s")
-    ds_t2star = sink("ds_t2star", suffix="T2starmap", Units="s")
     ds_field = sink("ds_field", desc="total", suffix="fieldmap", Units="Hz")
     ds_local_field = sink("ds_local_field", desc="local", suffix="fieldmap", Units="ppm")
     ds_swi = sink("ds_swi", suffix="swi")
@@ -51,14 +50,6 @@ def init_qsm_derivatives_wf(*, output_dir, name="qsm_derivatives_wf"):
         (inputnode, ds_mask, [
             ("source_file", "source_file"), ("mask", "in_file"), ("mask_meta", "meta_dict"),
         ]),
-        (inputnode, ds_r2star, [
-            ("source_file", "source_file"), ("r2star", "in_file"),
-            ("relaxometry_meta", "meta_dict"),
-        ]),
-        (inputnode, ds_t2star, [
-            ("source_file", "source_file"), ("t2star", "in_file"),
-            ("relaxometry_meta", "meta_dict"),
-        ]),
         (inputnode, ds_field, [
             ("source_file", "source_file"), ("field", "in_file"), ("fields_meta", "meta_dict"),
         ]),
@@ -76,6 +67,15 @@ def init_qsm_derivatives_wf(*, output_dir, name="qsm_derivatives_wf"):
             ("source_file", "source_file"), ("figures", "in_file"), ("figure_keys", "desc"),
         ]),
     ])  # fmt:skip
+    if relaxometry:
+        for suffix, field, units in (("R2starmap", "r2star", "1/s"), ("T2starmap", "t2star", "s")):
+            ds_map = sink(f"ds_{field}", suffix=suffix, Units=units)
+            workflow.connect([
+                (inputnode, ds_map, [
+                    ("source_file", "source_file"), (field, "in_file"),
+                    ("relaxometry_meta", "meta_dict"),
+                ]),
+            ])  # fmt:skip
     return workflow
 
 

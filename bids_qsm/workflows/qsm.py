@@ -91,9 +91,10 @@ def init_qsm_wf(
         f"{cites['combine'][combine_method][0]}. Background fields were removed with "
         f"{cites['background'][background_method][0]}, and susceptibility was computed with "
         f"{cites['inversion'][inversion_method][0]}, referenced to "
-        f"{cites['reference'][reference][0]}. R2* was fitted with "
-        f"{cites['relaxometry'][relaxometry_method][0]}."
+        f"{cites['reference'][reference][0]}."
     )
+    if n > 1:
+        workflow.__desc__ += f" R2* was fitted with {cites['relaxometry'][relaxometry_method][0]}."
 
     def stage_inputs(stage):
         return {"omp_nthreads": omp_nthreads, "params": dict(parameters.get(stage, {}))}
@@ -119,10 +120,6 @@ def init_qsm_wf(
     combine = pe.Node(
         FitField(method=combine_method, **stage_inputs("combine")),
         name="combine", mem_gb=mem_gb["combine"], n_procs=omp_nthreads,
-    )  # fmt:skip
-    relaxometry = pe.Node(
-        R2Star(method=relaxometry_method, **stage_inputs("relaxometry")),
-        name="relaxometry", mem_gb=mem_gb["relaxometry"], n_procs=omp_nthreads,
     )  # fmt:skip
     background = pe.Node(
         RemoveBackground(method=background_method, **stage_inputs("background")),
@@ -164,9 +161,6 @@ def init_qsm_wf(
         (phase_units_node, combine, [("magnitude", "magnitude")]),
         (mask, combine, [("out_file", "mask")]),
         (unwrap, combine, [("out_file", "phase")]),
-        (inputnode, relaxometry, [("echo_times", "echo_times")]),
-        (phase_units_node, relaxometry, [("magnitude", "magnitude")]),
-        (mask, relaxometry, [("out_file", "mask")]),
         (inputnode, background, [("field_strength", "field_strength")]),
         (combine, background, [("out_file", "field")]),
         (mask, background, [("out_file", "mask")]),
@@ -184,7 +178,6 @@ def init_qsm_wf(
         (mask, sidecars, [("params", "mask_params")]),
         (unwrap, sidecars, [("params", "unwrap_params")]),
         (combine, sidecars, [("params", "combine_params")]),
-        (relaxometry, sidecars, [("params", "relaxometry_params")]),
         (background, sidecars, [("params", "background_params")]),
         (invert, sidecars, [("params", "inversion_params")]),
         (reference_node, sidecars, [("params", "reference_params")]),
@@ -196,13 +189,11 @@ def init_qsm_wf(
         (combine, figures, [("out_file", "field")]),
         (background, figures, [("out_file", "local_field"), ("mask", "mask")]),
         (reference_node, figures, [("out_file", "chimap")]),
-        (relaxometry, figures, [("out_file", "r2star")]),
         (swi, figures, [("out_file", "swi"), ("minip", "minip")]),
         (phase_units_node, warnings, [("warnings", "in1")]),
         (mask, warnings, [("warnings", "in2")]),
         (unwrap, warnings, [("warnings", "in3")]),
         (combine, warnings, [("warnings", "in4")]),
-        (relaxometry, warnings, [("warnings", "in5")]),
         (background, warnings, [("warnings", "in6")]),
         (invert, warnings, [("warnings", "in7")]),
         (reference_node, warnings, [("warnings", "in8")]),
@@ -217,10 +208,24 @@ def init_qsm_wf(
         (background, outputnode, [("out_file", "local_field")]),
         (invert, outputnode, [("mask", "mask")]),
         (combine, outputnode, [("out_file", "field")]),
-        (relaxometry, outputnode, [("out_file", "r2star"), ("t2star", "t2star")]),
         (sidecars, outputnode, [
-            ("chimap", "chimap_meta"), ("mask", "mask_meta"),
-            ("relaxometry", "relaxometry_meta"), ("fields", "fields_meta"), ("swi", "swi_meta"),
+            ("chimap", "chimap_meta"), ("mask", "mask_meta"), ("fields", "fields_meta"),
+            ("swi", "swi_meta"),
         ]),
     ])  # fmt:skip
+    if n > 1:  # R2* needs two echoes at least
+        relaxometry = pe.Node(
+            R2Star(method=relaxometry_method, **stage_inputs("relaxometry")),
+            name="relaxometry", mem_gb=mem_gb["relaxometry"], n_procs=omp_nthreads,
+        )  # fmt:skip
+        workflow.connect([
+            (inputnode, relaxometry, [("echo_times", "echo_times")]),
+            (phase_units_node, relaxometry, [("magnitude", "magnitude")]),
+            (mask, relaxometry, [("out_file", "mask")]),
+            (relaxometry, sidecars, [("params", "relaxometry_params")]),
+            (relaxometry, figures, [("out_file", "r2star")]),
+            (relaxometry, warnings, [("warnings", "in5")]),
+            (relaxometry, outputnode, [("out_file", "r2star"), ("t2star", "t2star")]),
+            (sidecars, outputnode, [("relaxometry", "relaxometry_meta")]),
+        ])  # fmt:skip
     return workflow
