@@ -81,13 +81,28 @@ def _brain_component(mask):
     not the thin shell of the scalp), after a one-voxel opening: partial volume across a thin
     skull makes bridges between scalp and brain that would otherwise join them, and hole
     filling would then take the skull in."""
-    depth = ndimage.distance_transform_edt(mask)
-    deepest = np.unravel_index(np.argmax(depth), mask.shape)
+    deepest = _deepest_voxel(mask)
     labels, _ = ndimage.label(ndimage.binary_erosion(mask))
     if labels[deepest]:
         return ndimage.binary_dilation(labels == labels[deepest]) & mask
     labels, _ = ndimage.label(mask)  # too thin to open: the component of the deepest voxel
     return labels == labels[deepest]
+
+
+def _deepest_voxel(mask):
+    """Index of (about) the mask voxel farthest from its outside, from the distance transform
+    of a subsampled copy about 64 voxels across (the full one takes seconds on clinical grids)."""
+    step = tuple(max(1, n // 64) for n in mask.shape)
+    coarse = mask[tuple(slice(None, None, s) for s in step)]
+    if coarse.any():
+        depth = ndimage.distance_transform_edt(coarse, sampling=step)
+        index = tuple(
+            int(i) * s
+            for i, s in zip(np.unravel_index(np.argmax(depth), coarse.shape), step, strict=True)
+        )
+        if mask[index]:
+            return index
+    return np.unravel_index(np.argmax(ndimage.distance_transform_edt(mask)), mask.shape)
 
 
 def _fill_slices(mask, axis):
