@@ -30,7 +30,7 @@ class _SidecarsInputSpec(BaseInterfaceInputSpec):
     mask_params = traits.Dict(mandatory=True)
     unwrap_params = traits.Dict(mandatory=True)
     combine_params = traits.Dict(mandatory=True)
-    relaxometry_params = traits.Dict(desc="none for a single echo")
+    relaxometry_params = traits.Dict(desc="absent for a single echo (no R2*)")
     background_params = traits.Dict(mandatory=True)
     inversion_params = traits.Dict(mandatory=True)
     reference_params = traits.Dict(mandatory=True)

@@ -20,7 +20,7 @@ class _RunFiguresInputSpec(BaseInterfaceInputSpec):
     field = File(exists=True, mandatory=True, desc="total field (Hz)")
     local_field = File(exists=True, mandatory=True, desc="local field (ppm)")
     chimap = File(exists=True, mandatory=True, desc="susceptibility (ppm)")
-    r2star = File(exists=True, desc="R2* (1/s); none for a single echo")
+    r2star = File(exists=True, desc="R2* (1/s); absent for a single echo")
     swi = File(exists=True, mandatory=True, desc="susceptibility-weighted image")
     minip = File(exists=True, mandatory=True, desc="minimum intensity projection of the SWI")
 
