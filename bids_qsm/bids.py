@@ -85,6 +85,14 @@ class MegreRun:
         return "_".join(parts)
 
     @property
+    def grid(self) -> tuple[tuple[int, int, int], np.ndarray]:
+        """Shape (3-D) and voxel-to-mm affine of the run's images (equal across echoes and
+        parts: ingest checked it), from the first echo's header."""
+        first = self.echoes[0]
+        img = nib.load(first.phase or first.real)
+        return tuple(int(n) for n in img.shape[:3]), np.asarray(img.affine, dtype=float)
+
+    @property
     def echo_times(self) -> tuple[float, ...]:
         """Echo times in seconds, ascending."""
         return tuple(echo.echo_time for echo in self.echoes)

@@ -107,8 +107,6 @@ def _validate_input(bids_dir):
 def _find_masks(settings, runs):
     """{run prefix: the user's brain mask} with --mask-dir, and one problem per run without
     (that run is not processed: a mask computed instead is not what was asked for)."""
-    import nibabel as nb
-
     from bids_qsm.bids import InputProblem
     from bids_qsm.segmentation import SegmentationError, find_mask
 
@@ -116,11 +114,11 @@ def _find_masks(settings, runs):
         return {}, []
     found, problems = {}, []
     for run in runs:
-        header = nb.load(run.echoes[0].phase or run.echoes[0].real)
+        shape, affine = run.grid
         try:
             found[run.prefix] = find_mask(
                 settings.workflow.mask_dir, subject=run.subject, session=run.session,
-                target_shape=header.shape[:3], target_affine=header.affine,
+                target_shape=shape, target_affine=affine,
             )  # fmt:skip
         except SegmentationError as err:
             message = f"{err.message} ({run.prefix} is not processed)"
@@ -134,8 +132,6 @@ def _find_segmentations(settings, runs):
     A run whose segmentation is missing or unusable is still processed, without region
     statistics (and referenced to the brain mean if the label reference was asked for).
     """
-    import nibabel as nb
-
     from bids_qsm.bids import InputProblem
     from bids_qsm.qsm.roi import resolve_labels
     from bids_qsm.segmentation import SegmentationError, find_segmentation
@@ -145,11 +141,11 @@ def _find_segmentations(settings, runs):
         return {}, []
     found, problems = {}, []
     for run in runs:
-        header = nb.load(run.echoes[0].phase or run.echoes[0].real)
+        shape, affine = run.grid
         try:
             segmentation = find_segmentation(
                 methods.segmentation_dir, subject=run.subject, session=run.session,
-                target_shape=header.shape[:3], target_affine=header.affine,
+                target_shape=shape, target_affine=affine,
                 lookup=methods.segmentation_lut,
             )  # fmt:skip
         except SegmentationError as err:

@@ -37,6 +37,7 @@ from numba import njit, prange
 from scipy import ndimage
 
 from .units import GAMMA_BAR_HZ_PER_T
+from .unwrap import _bbox
 
 logger = logging.getLogger(__name__)
 
@@ -487,16 +488,6 @@ def rad_per_ppm(te, b0_tesla):
     return 2.0 * math.pi * GAMMA_BAR_HZ_PER_T * 1e-6 * b0_tesla * te
 
 
-def _box(mask, pad=0):
-    idx = np.nonzero(mask)
-    if idx[0].size == 0:
-        raise ValueError("the mask is empty")
-    return tuple(
-        slice(max(0, int(i.min()) - pad), min(n, int(i.max()) + 1 + pad))
-        for i, n in zip(idx, mask.shape, strict=True)
-    )
-
-
 def scaled_iterations(iterations, voxel_size):
     """More voxels across the same anatomy need more iterations: QSM.jl's 1/sqrt(voxel volume)
     rule, never fewer than at 1 mm^3."""
@@ -526,7 +517,9 @@ def solve_in_mask(
     mask = np.asarray(mask, dtype=bool)
     data_mask = mask if data_mask is None else np.asarray(data_mask, dtype=bool) & mask
     mask0 = ndimage.binary_erosion(data_mask, FOOTPRINT)
-    box = _box(mask)
+    if not mask.any():
+        raise ValueError("the mask is empty")
+    box = _bbox(mask, margin=0)
     # 2 zero voxels on every side of the box: chi may spill one voxel beyond the mask.
     padded = tuple(n + 4 for n in mask[box].shape)
     inner = (slice(2, -2),) * 3

@@ -2,7 +2,6 @@
 
 import os
 
-import nibabel as nb
 from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
 from bids_qsm import __version__
@@ -53,8 +52,8 @@ def init_single_subject_wf(subject, runs, settings, segmentations, masks):
     methods = settings.workflow
     threads = resolve_threads(settings).omp_nthreads
     for run in runs:
-        shape = nb.load(run.echoes[0].phase or run.echoes[0].real).shape
-        n_voxels = int(shape[0]) * int(shape[1]) * int(shape[2])
+        shape, _ = run.grid
+        n_voxels = shape[0] * shape[1] * shape[2]
         name = run.prefix.replace("-", "_")
         segmentation, label_values = segmentations.get(run.prefix, (None, ()))
         reference = methods.reference
