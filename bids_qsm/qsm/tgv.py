@@ -32,6 +32,7 @@ of variables that keeps the operator blocks balanced at every resolution.
 import logging
 import math
 
+import numba
 import numpy as np
 from numba import njit, prange
 from scipy import ndimage
@@ -112,100 +113,122 @@ def _div2_at(q, i, j, k, c0, c1, c2, r0, r1, r2):
     )
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def _dual_step(chi_, phi_, w_, eta, p, q, lap_phi0, labels, steps, alpha1, alpha0, r, wc):
-    """eta += s_eta m0 (Wave chi_ - Lap phi_ - Lap phi0); p, q: projected ascent (m1 = mask).
-
-    steps: (s_eta, s_p, s_q, t_chi, t_phi, t_w), the dual and primal step sizes."""
-    nx, ny, nz = chi_.shape
+@njit(inline="always", fastmath=True)
+def _dual_slab(i, chi_, phi_, w_, eta, p, q, lap_phi0, labels, steps, alpha1, alpha0, r, wc):
+    """Slab i of the dual step: eta += s_eta m0 (Wave chi_ - Lap phi_ - Lap phi0); p, q:
+    projected ascent (m1 = mask). steps: (s_eta, s_p, s_q, t_chi, t_phi, t_w)."""
+    ny, nz = chi_.shape[1], chi_.shape[2]
     r0, r1, r2 = r[0], r[1], r[2]
     l0, l1, l2 = r0 * r0, r1 * r1, r2 * r2
     s_eta, s_p, s_q = steps[0], steps[1], steps[2]
     ia1 = np.float32(1.0) / alpha1
     ia0 = np.float32(1.0) / alpha0
     one = np.float32(1.0)
-    for i in prange(1, nx - 1):
-        for j in range(1, ny - 1):
-            for k in range(1, nz - 1):
-                lab = labels[i, j, k]
-                m1 = np.float32(lab & 1)
-                m0 = np.float32((lab >> 1) & 1)
-                resid = (
-                    _wave_at(chi_, i, j, k, wc) - _lap_at(phi_, i, j, k, l0, l1, l2)
-                ) - lap_phi0[i, j, k]
-                eta[i, j, k] += s_eta * m0 * resid
+    for j in range(1, ny - 1):
+        for k in range(1, nz - 1):
+            lab = labels[i, j, k]
+            m1 = np.float32(lab & 1)
+            m0 = np.float32((lab >> 1) & 1)
+            resid = (_wave_at(chi_, i, j, k, wc) - _lap_at(phi_, i, j, k, l0, l1, l2)) - lap_phi0[
+                i, j, k
+            ]
+            eta[i, j, k] += s_eta * m0 * resid
 
-                d0, d1, d2 = _grad_at(chi_, i, j, k, r0, r1, r2)
-                s1 = s_p * m1
-                g0 = p[0, i, j, k] + s1 * (d0 - w_[0, i, j, k])
-                g1 = p[1, i, j, k] + s1 * (d1 - w_[1, i, j, k])
-                g2 = p[2, i, j, k] + s1 * (d2 - w_[2, i, j, k])
-                scale = max(one, math.sqrt(g0 * g0 + g1 * g1 + g2 * g2) * ia1)
-                p[0, i, j, k] = g0 / scale
-                p[1, i, j, k] = g1 / scale
-                p[2, i, j, k] = g2 / scale
+            d0, d1, d2 = _grad_at(chi_, i, j, k, r0, r1, r2)
+            s1 = s_p * m1
+            g0 = p[0, i, j, k] + s1 * (d0 - w_[0, i, j, k])
+            g1 = p[1, i, j, k] + s1 * (d1 - w_[1, i, j, k])
+            g2 = p[2, i, j, k] + s1 * (d2 - w_[2, i, j, k])
+            scale = max(one, math.sqrt(g0 * g0 + g1 * g1 + g2 * g2) * ia1)
+            p[0, i, j, k] = g0 / scale
+            p[1, i, j, k] = g1 / scale
+            p[2, i, j, k] = g2 / scale
 
-                exx, exy, exz, eyy, eyz, ezz = _symgrad_at(w_, i, j, k, r0, r1, r2)
-                s2 = s_q * m1
-                qxx = q[0, i, j, k] + s2 * exx
-                qxy = q[1, i, j, k] + s2 * exy
-                qxz = q[2, i, j, k] + s2 * exz
-                qyy = q[3, i, j, k] + s2 * eyy
-                qyz = q[4, i, j, k] + s2 * eyz
-                qzz = q[5, i, j, k] + s2 * ezz
-                norm2 = qxx * qxx + qyy * qyy + qzz * qzz + 2 * (qxy * qxy + qxz * qxz + qyz * qyz)
-                scale = max(one, math.sqrt(norm2) * ia0)
-                q[0, i, j, k] = qxx / scale
-                q[1, i, j, k] = qxy / scale
-                q[2, i, j, k] = qxz / scale
-                q[3, i, j, k] = qyy / scale
-                q[4, i, j, k] = qyz / scale
-                q[5, i, j, k] = qzz / scale
+            exx, exy, exz, eyy, eyz, ezz = _symgrad_at(w_, i, j, k, r0, r1, r2)
+            s2 = s_q * m1
+            qxx = q[0, i, j, k] + s2 * exx
+            qxy = q[1, i, j, k] + s2 * exy
+            qxz = q[2, i, j, k] + s2 * exz
+            qyy = q[3, i, j, k] + s2 * eyy
+            qyz = q[4, i, j, k] + s2 * eyz
+            qzz = q[5, i, j, k] + s2 * ezz
+            norm2 = qxx * qxx + qyy * qyy + qzz * qzz + 2 * (qxy * qxy + qxz * qxz + qyz * qyz)
+            scale = max(one, math.sqrt(norm2) * ia0)
+            q[0, i, j, k] = qxx / scale
+            q[1, i, j, k] = qxy / scale
+            q[2, i, j, k] = qxz / scale
+            q[3, i, j, k] = qyy / scale
+            q[4, i, j, k] = qyz / scale
+            q[5, i, j, k] = qzz / scale
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def _primal_step(chi, chi_, phi, phi_, w, w_, eta, p, q, labels, steps, r, wc):
-    """Descent on chi, w; prox of 1/2||phi||^2 in the mask; extrapolation x_ = 2 x_new - x.
-
-    eta, p and q are zero outside mask0 / mask (they never leave it), so no mask is needed here
-    except for the prox. (No reductions here: they stop the inner loop from vectorising.)
-    """
-    nx, ny, nz = chi.shape
+@njit(inline="always", fastmath=True)
+def _primal_slab(i, chi, chi_, phi, phi_, w, w_, eta, p, q, labels, steps, r, wc):
+    """Slab i of the primal step: descent on chi, w; prox of 1/2||phi||^2 in the mask;
+    extrapolation x_ = 2 x_new - x. eta, p and q are zero outside mask0 / mask (they never leave
+    it), so no mask is needed except for the prox. (No reductions here: they stop the inner loop
+    from vectorising.)"""
+    ny, nz = chi.shape[1], chi.shape[2]
     r0, r1, r2 = r[0], r[1], r[2]
     l0, l1, l2 = r0 * r0, r1 * r1, r2 * r2
     t_chi, t_phi, t_w = steps[3], steps[4], steps[5]
     damp = np.float32(1.0) / (np.float32(1.0) + t_phi)
     two = np.float32(2.0)
-    for i in prange(1, nx - 1):
-        for j in range(1, ny - 1):
-            for k in range(1, nz - 1):
-                m1 = np.float32(labels[i, j, k] & 1)
-                old = chi[i, j, k]
-                new = old + t_chi * (_div_at(p, i, j, k, r0, r1, r2) - _wave_at(eta, i, j, k, wc))
-                chi[i, j, k] = new
-                chi_[i, j, k] = two * new - old
+    for j in range(1, ny - 1):
+        for k in range(1, nz - 1):
+            m1 = np.float32(labels[i, j, k] & 1)
+            old = chi[i, j, k]
+            new = old + t_chi * (_div_at(p, i, j, k, r0, r1, r2) - _wave_at(eta, i, j, k, wc))
+            chi[i, j, k] = new
+            chi_[i, j, k] = two * new - old
 
-                old = phi[i, j, k]
-                factor = m1 * damp + (np.float32(1.0) - m1)
-                new = (old + t_phi * _lap_at(eta, i, j, k, l0, l1, l2)) * factor
-                phi[i, j, k] = new
-                phi_[i, j, k] = two * new - old
+            old = phi[i, j, k]
+            factor = m1 * damp + (np.float32(1.0) - m1)
+            new = (old + t_phi * _lap_at(eta, i, j, k, l0, l1, l2)) * factor
+            phi[i, j, k] = new
+            phi_[i, j, k] = two * new - old
 
-                div_q0 = _div2_at(q, i, j, k, 0, 1, 2, r0, r1, r2)
-                div_q1 = _div2_at(q, i, j, k, 1, 3, 4, r0, r1, r2)
-                div_q2 = _div2_at(q, i, j, k, 2, 4, 5, r0, r1, r2)
-                old = w[0, i, j, k]
-                new = old + t_w * (p[0, i, j, k] + div_q0)
-                w[0, i, j, k] = new
-                w_[0, i, j, k] = two * new - old
-                old = w[1, i, j, k]
-                new = old + t_w * (p[1, i, j, k] + div_q1)
-                w[1, i, j, k] = new
-                w_[1, i, j, k] = two * new - old
-                old = w[2, i, j, k]
-                new = old + t_w * (p[2, i, j, k] + div_q2)
-                w[2, i, j, k] = new
-                w_[2, i, j, k] = two * new - old
+            div_q0 = _div2_at(q, i, j, k, 0, 1, 2, r0, r1, r2)
+            div_q1 = _div2_at(q, i, j, k, 1, 3, 4, r0, r1, r2)
+            div_q2 = _div2_at(q, i, j, k, 2, 4, 5, r0, r1, r2)
+            old = w[0, i, j, k]
+            new = old + t_w * (p[0, i, j, k] + div_q0)
+            w[0, i, j, k] = new
+            w_[0, i, j, k] = two * new - old
+            old = w[1, i, j, k]
+            new = old + t_w * (p[1, i, j, k] + div_q1)
+            w[1, i, j, k] = new
+            w_[1, i, j, k] = two * new - old
+            old = w[2, i, j, k]
+            new = old + t_w * (p[2, i, j, k] + div_q2)
+            w[2, i, j, k] = new
+            w_[2, i, j, k] = two * new - old
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _iterate(
+    chi, chi_, phi, phi_, w, w_, eta, p, q, lap_phi0, labels, steps, a1, a0, r, wc, chunks
+):
+    """One primal-dual iteration in a single sweep per thread (the two steps fused in time).
+
+    The primal step on slab i needs the new duals on slabs i-1..i+1, and the dual step on slab
+    i reads the extrapolated primals on slabs i-1..i+1, so each thread sweeps its run of slabs
+    doing dual(i) then primal(i-1): every array streams through the cache once per iteration
+    instead of twice. A run's first and last primal slabs read duals of the neighbouring runs
+    (written concurrently), so they wait for a second pass. chunks: slab starts, ascending,
+    from 1 to nx - 1 (the ghost layers are never written).
+    """
+    for c in prange(chunks.size - 1):
+        a, b = chunks[c], chunks[c + 1]
+        for i in range(a, b):
+            _dual_slab(i, chi_, phi_, w_, eta, p, q, lap_phi0, labels, steps, a1, a0, r, wc)
+            if i - 1 > a:
+                _primal_slab(i - 1, chi, chi_, phi, phi_, w, w_, eta, p, q, labels, steps, r, wc)
+    for c in prange(chunks.size - 1):
+        a, b = chunks[c], chunks[c + 1]
+        _primal_slab(a, chi, chi_, phi, phi_, w, w_, eta, p, q, labels, steps, r, wc)
+        if b - 1 > a:
+            _primal_slab(b - 1, chi, chi_, phi, phi_, w, w_, eta, p, q, labels, steps, r, wc)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -469,10 +492,11 @@ def solve(
         chi[inner] = chi0
         chi_[inner] = chi0
 
+    runs = max(1, min(numba.get_num_threads(), (shape[0] - 2) // 4))
+    chunks = np.linspace(1, shape[0] - 1, runs + 1).astype(np.int64)
     done = 0
     for done in range(1, iterations + 1):  # noqa: B007 (the count is returned)
-        _dual_step(chi_, phi_, w_, eta, p, q, lap0, labels, steps, a1, a0, r, wc)
-        _primal_step(chi, chi_, phi, phi_, w, w_, eta, p, q, labels, steps, r, wc)
+        _iterate(chi, chi_, phi, phi_, w, w_, eta, p, q, lap0, labels, steps, a1, a0, r, wc, chunks)
         if tol > 0 and done % 10 == 0 and _relative_change2(chi, chi_, labels) < tol * tol:
             break
     logger.debug("TGV: %d iterations, steps %s", done, steps)
