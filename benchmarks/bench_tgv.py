@@ -82,7 +82,7 @@ def main(argv=None):
           f"{per_iter * 1000:.1f} s per 1000 iterations")  # fmt: skip
     print(f"peak RSS {peak_mb:.0f} MB (before the solve {before / 1024:.0f} MB); "
           f"{(peak_mb - before / 1024) * 2**20 / voxels:.0f} bytes per box voxel")  # fmt: skip
-    print(f"triad bandwidth {gbs:.1f} GB/s; the iteration moves {BYTES_PER_VOXEL} B/voxel/iteration")
+    print(f"triad bandwidth {gbs:.1f} GB/s; one iteration moves {BYTES_PER_VOXEL} B/voxel")
     print(f"bound {bound * 1e3:.1f} ms/iteration; measured/bound = {per_iter / bound:.2f}")
 
 

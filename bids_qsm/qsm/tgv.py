@@ -21,10 +21,11 @@ written), grad and E use forward differences, div = -grad^T and div2 = -E^T are 
 negative adjoints for any (anisotropic) spacing; E w is stored as (xx, xy, xz, yy, yz, zz) with
 the Frobenius inner product (off-diagonal entries count twice).
 
-Solver: Chambolle-Pock primal-dual in two fused numba kernels (dual, primal) per iteration,
-with diagonal (Pock-Chambolle 2011) step sizes per block (`diagonal_steps`, the default), or
-tau = sigma = 1/||K|| with ||K|| the supremum of the block operator's Fourier symbol
-(`operator_norm`); the test suite checks both bounds by power iteration on the operators.
+Solver: Chambolle-Pock primal-dual, one numba sweep per iteration that fuses the dual and the
+primal step slab by slab (`_iterate`), with diagonal (Pock-Chambolle 2011) step sizes per block
+(`diagonal_steps`, the default), or tau = sigma = 1/||K|| with ||K|| the supremum of the block
+operator's Fourier symbol (`operator_norm`); the test suite checks both bounds by power
+iteration on the operators.
 The spacing is made dimensionless internally (h / prod(h)^(1/3), alphas rescaled), an exact change
 of variables that keeps the operator blocks balanced at every resolution.
 """
