@@ -11,6 +11,7 @@ descent), which copes with the different contrasts of a T1-weighted image and a 
 magnitude. Resampling is plain scipy, so labels and images follow the same matrix.
 """
 
+import contextlib
 import logging
 
 import numpy as np
@@ -49,20 +50,18 @@ def register(
     their centres of mass matched (different sessions or scanners); the better one is refined.
     `num_threads`: ITK threads (None: ITK's default, all cores).
     """
-    import SimpleITK as sitk
-
     if kind not in KINDS:
         raise ValueError(f"registration kind {kind!r} is not one of {KINDS}")
-    if num_threads:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(num_threads))
+    cost = {"histogram_bins": histogram_bins, "sampling": sampling, "seed": seed}
+    with _itk_threads(num_threads):
+        return _register(fixed, fixed_affine, moving, moving_affine, kind, cost)
+
+
+def _register(fixed, fixed_affine, moving, moving_affine, kind, cost):
+    import SimpleITK as sitk
+
     fixed_img = _to_sitk(fixed, fixed_affine)
     moving_img = _binned(_to_sitk(moving, moving_affine), min(fixed_img.GetSpacing()))
-    cost = {
-        "histogram_bins": histogram_bins,
-        "sampling": sampling,
-        "seed": seed,
-    }
-
     world = sitk.Euler3DTransform()
     world.SetCenter(_centre(fixed_img))
     moments = sitk.CenteredTransformInitializer(
@@ -87,6 +86,22 @@ def register(
         transform.SetTranslation(rigid.GetTranslation())
         _optimise(fixed_img, moving_img, transform, levels=_LEVELS[1:], **cost)
     return _matrix(transform)
+
+
+@contextlib.contextmanager
+def _itk_threads(count):
+    """ITK's global default thread count set to `count` (None: left alone) for the block, then
+    put back: the setting is process-wide, and a worker running several nodes must not carry one
+    node's count into the next."""
+    import SimpleITK as sitk
+
+    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    if count:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(count))
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
 
 
 def resample_labels(

@@ -130,9 +130,8 @@ def _dual_slab(i, chi_, phi_, w_, eta, p, q, lap_phi0, labels, steps, alpha1, al
             lab = labels[i, j, k]
             m1 = np.float32(lab & 1)
             m0 = np.float32((lab >> 1) & 1)
-            resid = (_wave_at(chi_, i, j, k, wc) - _lap_at(phi_, i, j, k, l0, l1, l2)) - lap_phi0[
-                i, j, k
-            ]
+            stencils = _wave_at(chi_, i, j, k, wc) - _lap_at(phi_, i, j, k, l0, l1, l2)
+            resid = stencils - lap_phi0[i, j, k]
             eta[i, j, k] += s_eta * m0 * resid
 
             d0, d1, d2 = _grad_at(chi_, i, j, k, r0, r1, r2)
