@@ -225,6 +225,23 @@ def test_solver_scaling_alpha_in_ppm_equals_rad():
     assert np.allclose(rad / s, ppm, atol=1e-3 * np.abs(ppm).max())
 
 
+def test_convergence_test_stops_once_the_change_is_below_tol():
+    """tol: the solver stops at the first check (every 10 iterations) where one iteration
+    changes chi by less than tol (relative, in the mask), and not before."""
+    field, mask, _ = _sphere((1.0, 1.0, 1.0), (0, 0, 1), shape=(40, 40, 40))
+    lap = T.laplacian(np.pad(field * mask, 1), (1, 1, 1))[1:-1, 1:-1, 1:-1]
+    common = dict(voxel_size=(1, 1, 1), b0_dir=(0, 0, 1), alpha1=1e-3, alpha0=3e-3)
+    tol, cap = 1e-3, 5000
+    _, done = T.solve_in_mask(lap, mask, iterations=cap, tol=tol, **common)
+    assert done < cap and done % 10 == 0
+
+    def change(n):
+        before, after = (T.solve_in_mask(lap, mask, iterations=k, **common)[0] for k in (n - 1, n))
+        return np.linalg.norm((after - before)[mask]) / np.linalg.norm(after[mask])
+
+    assert change(done) < tol <= change(done - 10)
+
+
 def test_single_step_from_wrapped_phase_with_background():
     """Wrapped phase = local field of a sphere + a strong background (a source outside the
     mask) at TE 20 ms, 3 T: single-step TGV recovers the sphere without unwrapping or
