@@ -3,6 +3,7 @@ step sizes, recovery of analytic spheres and cylinders, the alpha convention, si
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from bids_qsm.qsm import tgv as T
 from bids_qsm.qsm.dipole import forward_field
@@ -132,22 +133,28 @@ def _reference_iteration(state, lap0, labels, steps, a1, a0):
 @pytest.mark.parametrize("runs", [1, 2, 5])
 def test_fused_sweep_equals_dual_then_primal(rng, runs):
     """The slab-pipelined kernel (dual on slab i, primal on slab i-1, run edges in a second
-    pass) computes exactly one dual step followed by one primal step, however the slabs are
-    split between threads."""
+    pass, each row swept only where the mask reaches) computes exactly one dual step followed by
+    one primal step on the whole box, however the slabs are split between threads. The state
+    keeps the solver's invariants: duals zero outside the mask, everything zero beyond reach."""
     shape = (23, 14, 16)
-    labels = np.zeros(shape, np.uint8)
-    labels[2:-2, 2:-2, 2:-2] = 1
-    labels[3:-3, 3:-3, 3:-3] |= 2
+    x, y, z = np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in shape], indexing="ij")
+    ball = (x / 8) ** 2 + (y / 4.5) ** 2 + (z / 5) ** 2
+    labels = (ball < 1).astype(np.uint8) | ((ball < 0.5).astype(np.uint8) << 1)
+    rows = T._row_bounds(labels)
+    assert 0 < np.sum(rows[1] - rows[0]) < 0.8 * np.prod(shape)  # rows really are cut
+    reach = ndimage.binary_dilation(labels > 0, np.ones((3, 3, 3), bool))
     state = [_ghosted(rng, s) for s in [shape] * 6 + [shape, shape, shape]]
     state[4], state[5], state[7] = (_ghosted(rng, (3, *shape)) for _ in range(3))
     state[8] = _ghosted(rng, (6, *shape))
+    for n, where in enumerate([reach] * 6 + [labels >= 2, labels > 0, labels > 0]):
+        state[n] *= where
     lap0 = _ghosted(rng, shape)
     steps = np.array([0.05, 0.2, 0.15, 0.04, 0.1, 0.12], np.float32)
     a1, a0 = np.float32(0.7), np.float32(1.1)
     expected = _reference_iteration(state, lap0, labels, steps, a1, a0)
     r = np.array([1.0 / h for h in H], np.float32)
     chunks = np.linspace(1, shape[0] - 1, runs + 1).astype(np.int64)
-    T._iterate(*state, lap0, labels, steps, a1, a0, r, T.wave_coefficients(H, B), chunks)
+    T._iterate(*state, lap0, labels, steps, a1, a0, r, T.wave_coefficients(H, B), chunks, rows)
     for got, want in zip(state, expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 

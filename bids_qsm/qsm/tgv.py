@@ -43,6 +43,10 @@ from .unwrap import _bbox
 
 logger = logging.getLogger(__name__)
 
+# The last index is unsigned in every stencil: numba then emits no negative-index wrap-around,
+# whose check on a loop start read from memory stops the inner loop from vectorising.
+_U1 = np.uint64(1)
+
 # ----------------------------------------------------------------------------------------------
 # Pointwise stencils, shared by the fused kernels and by the operators the tests check.
 
@@ -53,7 +57,7 @@ def _lap_at(u, i, j, k, l0, l1, l2):
     return (
         (u[i - 1, j, k] + u[i + 1, j, k] - 2 * c) * l0
         + (u[i, j - 1, k] + u[i, j + 1, k] - 2 * c) * l1
-        + (u[i, j, k - 1] + u[i, j, k + 1] - 2 * c) * l2
+        + (u[i, j, k - _U1] + u[i, j, k + _U1] - 2 * c) * l2
     )
 
 
@@ -65,17 +69,17 @@ def _wave_at(u, i, j, k, wc):
         wc[0] * u[i, j, k]
         + wc[1] * (u[i - 1, j, k] + u[i + 1, j, k])
         + wc[2] * (u[i, j - 1, k] + u[i, j + 1, k])
-        + wc[3] * (u[i, j, k - 1] + u[i, j, k + 1])
+        + wc[3] * (u[i, j, k - _U1] + u[i, j, k + _U1])
         + wc[4] * (u[i + 1, j - 1, k] + u[i - 1, j + 1, k])
-        + wc[5] * (u[i + 1, j, k - 1] + u[i - 1, j, k + 1])
-        + wc[6] * (u[i, j + 1, k - 1] + u[i, j - 1, k + 1])
+        + wc[5] * (u[i + 1, j, k - _U1] + u[i - 1, j, k + _U1])
+        + wc[6] * (u[i, j + 1, k - _U1] + u[i, j - 1, k + _U1])
     )
 
 
 @njit(inline="always", fastmath=True)
 def _grad_at(u, i, j, k, r0, r1, r2):
     c = u[i, j, k]
-    return (u[i + 1, j, k] - c) * r0, (u[i, j + 1, k] - c) * r1, (u[i, j, k + 1] - c) * r2
+    return (u[i + 1, j, k] - c) * r0, (u[i, j + 1, k] - c) * r1, (u[i, j, k + _U1] - c) * r2
 
 
 @njit(inline="always", fastmath=True)
@@ -84,13 +88,13 @@ def _symgrad_at(w, i, j, k, r0, r1, r2):
     wx, wy, wz = w[0, i, j, k], w[1, i, j, k], w[2, i, j, k]
     dx0 = (w[0, i + 1, j, k] - wx) * r0
     dy0 = (w[0, i, j + 1, k] - wx) * r1
-    dz0 = (w[0, i, j, k + 1] - wx) * r2
+    dz0 = (w[0, i, j, k + _U1] - wx) * r2
     dx1 = (w[1, i + 1, j, k] - wy) * r0
     dy1 = (w[1, i, j + 1, k] - wy) * r1
-    dz1 = (w[1, i, j, k + 1] - wy) * r2
+    dz1 = (w[1, i, j, k + _U1] - wy) * r2
     dx2 = (w[2, i + 1, j, k] - wz) * r0
     dy2 = (w[2, i, j + 1, k] - wz) * r1
-    dz2 = (w[2, i, j, k + 1] - wz) * r2
+    dz2 = (w[2, i, j, k + _U1] - wz) * r2
     half = np.float32(0.5)
     return dx0, half * (dy0 + dx1), half * (dz0 + dx2), dy1, half * (dz1 + dy2), dz2
 
@@ -100,7 +104,7 @@ def _div_at(p, i, j, k, r0, r1, r2):
     return (
         (p[0, i, j, k] - p[0, i - 1, j, k]) * r0
         + (p[1, i, j, k] - p[1, i, j - 1, k]) * r1
-        + (p[2, i, j, k] - p[2, i, j, k - 1]) * r2
+        + (p[2, i, j, k] - p[2, i, j, k - _U1]) * r2
     )
 
 
@@ -110,15 +114,16 @@ def _div2_at(q, i, j, k, c0, c1, c2, r0, r1, r2):
     return (
         (q[c0, i, j, k] - q[c0, i - 1, j, k]) * r0
         + (q[c1, i, j, k] - q[c1, i, j - 1, k]) * r1
-        + (q[c2, i, j, k] - q[c2, i, j, k - 1]) * r2
+        + (q[c2, i, j, k] - q[c2, i, j, k - _U1]) * r2
     )
 
 
 @njit(inline="always", fastmath=True)
-def _dual_slab(i, chi_, phi_, w_, eta, p, q, lap_phi0, labels, steps, alpha1, alpha0, r, wc):
+def _dual_slab(i, chi_, phi_, w_, eta, p, q, lap_phi0, labels, steps, alpha1, alpha0, r, wc, rows):
     """Slab i of the dual step: eta += s_eta m0 (Wave chi_ - Lap phi_ - Lap phi0); p, q:
-    projected ascent (m1 = mask). steps: (s_eta, s_p, s_q, t_chi, t_phi, t_w)."""
-    ny, nz = chi_.shape[1], chi_.shape[2]
+    projected ascent (m1 = mask). steps: (s_eta, s_p, s_q, t_chi, t_phi, t_w); rows: the k
+    range of each (i, j) row to sweep (`_row_bounds`)."""
+    ny = chi_.shape[1]
     r0, r1, r2 = r[0], r[1], r[2]
     l0, l1, l2 = r0 * r0, r1 * r1, r2 * r2
     s_eta, s_p, s_q = steps[0], steps[1], steps[2]
@@ -126,7 +131,8 @@ def _dual_slab(i, chi_, phi_, w_, eta, p, q, lap_phi0, labels, steps, alpha1, al
     ia0 = np.float32(1.0) / alpha0
     one = np.float32(1.0)
     for j in range(1, ny - 1):
-        for k in range(1, nz - 1):
+        for kk in range(rows[0, i, j], rows[1, i, j]):
+            k = np.uint64(kk)
             lab = labels[i, j, k]
             m1 = np.float32(lab & 1)
             m0 = np.float32((lab >> 1) & 1)
@@ -163,19 +169,20 @@ def _dual_slab(i, chi_, phi_, w_, eta, p, q, lap_phi0, labels, steps, alpha1, al
 
 
 @njit(inline="always", fastmath=True)
-def _primal_slab(i, chi, chi_, phi, phi_, w, w_, eta, p, q, labels, steps, r, wc):
+def _primal_slab(i, chi, chi_, phi, phi_, w, w_, eta, p, q, labels, steps, r, wc, rows):
     """Slab i of the primal step: descent on chi, w; prox of 1/2||phi||^2 in the mask;
     extrapolation x_ = 2 x_new - x. eta, p and q are zero outside mask0 / mask (they never leave
     it), so no mask is needed except for the prox. (No reductions here: they stop the inner loop
     from vectorising.)"""
-    ny, nz = chi.shape[1], chi.shape[2]
+    ny = chi.shape[1]
     r0, r1, r2 = r[0], r[1], r[2]
     l0, l1, l2 = r0 * r0, r1 * r1, r2 * r2
     t_chi, t_phi, t_w = steps[3], steps[4], steps[5]
     damp = np.float32(1.0) / (np.float32(1.0) + t_phi)
     two = np.float32(2.0)
     for j in range(1, ny - 1):
-        for k in range(1, nz - 1):
+        for kk in range(rows[0, i, j], rows[1, i, j]):
+            k = np.uint64(kk)
             m1 = np.float32(labels[i, j, k] & 1)
             old = chi[i, j, k]
             new = old + t_chi * (_div_at(p, i, j, k, r0, r1, r2) - _wave_at(eta, i, j, k, wc))
@@ -207,7 +214,7 @@ def _primal_slab(i, chi, chi_, phi, phi_, w, w_, eta, p, q, labels, steps, r, wc
 
 @njit(parallel=True, fastmath=True, cache=True)
 def _iterate(
-    chi, chi_, phi, phi_, w, w_, eta, p, q, lap_phi0, labels, steps, a1, a0, r, wc, chunks
+    chi, chi_, phi, phi_, w, w_, eta, p, q, lap_phi0, labels, steps, a1, a0, r, wc, chunks, rows
 ):
     """One primal-dual iteration in a single sweep per thread (the two steps fused in time).
 
@@ -216,19 +223,21 @@ def _iterate(
     doing dual(i) then primal(i-1): every array streams through the cache once per iteration
     instead of twice. A run's first and last primal slabs read duals of the neighbouring runs
     (written concurrently), so they wait for a second pass. chunks: slab starts, ascending,
-    from 1 to nx - 1 (the ghost layers are never written).
+    from 1 to nx - 1 (the ghost layers are never written); rows: `_row_bounds`.
     """
     for c in prange(chunks.size - 1):
         a, b = chunks[c], chunks[c + 1]
         for i in range(a, b):
-            _dual_slab(i, chi_, phi_, w_, eta, p, q, lap_phi0, labels, steps, a1, a0, r, wc)
+            _dual_slab(i, chi_, phi_, w_, eta, p, q, lap_phi0, labels, steps, a1, a0, r, wc, rows)
             if i - 1 > a:
-                _primal_slab(i - 1, chi, chi_, phi, phi_, w, w_, eta, p, q, labels, steps, r, wc)
+                _primal_slab(
+                    i - 1, chi, chi_, phi, phi_, w, w_, eta, p, q, labels, steps, r, wc, rows
+                )
     for c in prange(chunks.size - 1):
         a, b = chunks[c], chunks[c + 1]
-        _primal_slab(a, chi, chi_, phi, phi_, w, w_, eta, p, q, labels, steps, r, wc)
+        _primal_slab(a, chi, chi_, phi, phi_, w, w_, eta, p, q, labels, steps, r, wc, rows)
         if b - 1 > a:
-            _primal_slab(b - 1, chi, chi_, phi, phi_, w, w_, eta, p, q, labels, steps, r, wc)
+            _primal_slab(b - 1, chi, chi_, phi, phi_, w, w_, eta, p, q, labels, steps, r, wc, rows)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -258,7 +267,8 @@ def _apply_scalar(u, out, kind, r, wc):
     l0, l1, l2 = r[0] * r[0], r[1] * r[1], r[2] * r[2]
     for i in prange(1, nx - 1):
         for j in range(1, ny - 1):
-            for k in range(1, nz - 1):
+            for kk in range(1, nz - 1):
+                k = np.uint64(kk)
                 if kind == 0:
                     out[i, j, k] = _lap_at(u, i, j, k, l0, l1, l2)
                 else:
@@ -270,7 +280,8 @@ def _apply_grad(u, out, r):
     nx, ny, nz = u.shape
     for i in prange(1, nx - 1):
         for j in range(1, ny - 1):
-            for k in range(1, nz - 1):
+            for kk in range(1, nz - 1):
+                k = np.uint64(kk)
                 g = _grad_at(u, i, j, k, r[0], r[1], r[2])
                 for c in range(3):
                     out[c, i, j, k] = g[c]
@@ -281,7 +292,8 @@ def _apply_div(p, out, r):
     nx, ny, nz = out.shape
     for i in prange(1, nx - 1):
         for j in range(1, ny - 1):
-            for k in range(1, nz - 1):
+            for kk in range(1, nz - 1):
+                k = np.uint64(kk)
                 out[i, j, k] = _div_at(p, i, j, k, r[0], r[1], r[2])
 
 
@@ -290,7 +302,8 @@ def _apply_symgrad(w, out, r):
     nx, ny, nz = w.shape[1:]
     for i in prange(1, nx - 1):
         for j in range(1, ny - 1):
-            for k in range(1, nz - 1):
+            for kk in range(1, nz - 1):
+                k = np.uint64(kk)
                 e = _symgrad_at(w, i, j, k, r[0], r[1], r[2])
                 for c in range(6):
                     out[c, i, j, k] = e[c]
@@ -301,7 +314,8 @@ def _apply_div2(q, out, r):
     nx, ny, nz = out.shape[1:]
     for i in prange(1, nx - 1):
         for j in range(1, ny - 1):
-            for k in range(1, nz - 1):
+            for kk in range(1, nz - 1):
+                k = np.uint64(kk)
                 out[0, i, j, k] = _div2_at(q, i, j, k, 0, 1, 2, r[0], r[1], r[2])
                 out[1, i, j, k] = _div2_at(q, i, j, k, 1, 3, 4, r[0], r[1], r[2])
                 out[2, i, j, k] = _div2_at(q, i, j, k, 2, 4, 5, r[0], r[1], r[2])
@@ -492,15 +506,34 @@ def solve(
         chi[inner] = chi0
         chi_[inner] = chi0
 
+    rows = _row_bounds(labels)
     runs = max(1, min(numba.get_num_threads(), (shape[0] - 2) // 4))
     chunks = np.linspace(1, shape[0] - 1, runs + 1).astype(np.int64)
     done = 0
     for done in range(1, iterations + 1):  # noqa: B007 (the count is returned)
-        _iterate(chi, chi_, phi, phi_, w, w_, eta, p, q, lap0, labels, steps, a1, a0, r, wc, chunks)
+        _iterate(
+            chi, chi_, phi, phi_, w, w_, eta, p, q, lap0, labels, steps, a1, a0, r, wc, chunks, rows
+        )
         if tol > 0 and done % 10 == 0 and _relative_change2(chi, chi_, labels) < tol * tol:
             break
     logger.debug("TGV: %d iterations, steps %s", done, steps)
     return chi[inner], done
+
+
+def _row_bounds(labels):
+    """(2, nx, ny) int64: per (i, j) row, the k range [start, stop) an iteration can change.
+
+    Outside the mask the duals stay zero and the primals change only next to it (the stencils
+    reach one voxel, diagonals included), so the sweep covers the mask dilated by a 3x3x3 cube;
+    for a brain that skips about half of the bounding box. Rows that miss it get an empty range.
+    """
+    reach = ndimage.binary_dilation(labels > 0, np.ones((3, 3, 3), bool))
+    nz = labels.shape[2]
+    rows = np.ones((2, *labels.shape[:2]), dtype=np.int64)
+    hit = reach.any(axis=2)
+    rows[0][hit] = np.argmax(reach, axis=2)[hit]
+    rows[1][hit] = nz - np.argmax(reach[..., ::-1], axis=2)[hit]
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------
