@@ -9,7 +9,7 @@ stage in one child process, so that peak is the peak of the heaviest stage).
 """
 
 import argparse
-import resource
+import os
 import subprocess
 import sys
 import tempfile
@@ -52,11 +52,12 @@ def main():
     command = ["bids_qsm", str(root / "bids"), str(root / "out"), "participant", "-w",
                str(root / "work"), "--skip-bids-validation", "--nipype-plugin", "Linear",
                *options]  # fmt:skip
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
-    code = subprocess.run(command, check=False).returncode
+    # wait4 gives this child's own peak; RUSAGE_CHILDREN would include the phantom's generator.
+    _, status, usage = os.wait4(subprocess.Popen(command).pid, 0)
     wall = time.perf_counter() - start
-    peak_gb = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024**2
+    code = os.waitstatus_to_exitcode(status)
+    peak_gb = usage.ru_maxrss / 1024**2
     print(f"pipeline: exit {code}, {wall:.1f} s wall, peak memory {peak_gb:.2f} GB")
     for run in sorted((root / "work" / "bids_qsm_wf").glob("sub_*_wf/qsm_*_wf")):
         for stage in STAGES:
