@@ -159,6 +159,20 @@ def test_fused_sweep_equals_dual_then_primal(rng, runs):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_row_bounds_cover_the_reach_and_stay_off_the_ghost_layers(rng):
+    """Every voxel within one step (3x3x3) of the mask lies in its row's range, except on the
+    ghost layers, which no range reaches, even for a mask that touches them."""
+    labels = (rng.random((9, 8, 10)) < 0.05).astype(np.uint8)
+    labels[4, 4, 1] = labels[2, 3, -2] = 1  # next to the ghost layers along k
+    rows = T._row_bounds(labels)
+    reach = ndimage.binary_dilation(labels > 0, np.ones((3, 3, 3), bool))
+    k = np.arange(labels.shape[2])
+    swept = (k >= rows[0][..., None]) & (k < rows[1][..., None])
+    interior = np.zeros_like(reach)
+    interior[:, :, 1:-1] = True
+    assert np.all(swept[reach & interior]) and not np.any(swept & ~interior)
+
+
 def _coords(shape, voxel_size):
     axes = [(np.arange(n) - n / 2 + 0.5) * h for n, h in zip(shape, voxel_size, strict=True)]
     return np.meshgrid(*axes, indexing="ij")

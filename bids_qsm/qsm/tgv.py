@@ -526,13 +526,14 @@ def _row_bounds(labels):
     Outside the mask the duals stay zero and the primals change only next to it (the stencils
     reach one voxel, diagonals included), so the sweep covers the mask dilated by a 3x3x3 cube;
     for a brain that skips about half of the bounding box. Rows that miss it get an empty range.
+    The ranges stay off the ghost layers, whatever the mask: the stencils read one voxel beyond.
     """
     reach = ndimage.binary_dilation(labels > 0, np.ones((3, 3, 3), bool))
     nz = labels.shape[2]
     rows = np.ones((2, *labels.shape[:2]), dtype=np.int64)
     hit = reach.any(axis=2)
-    rows[0][hit] = np.argmax(reach, axis=2)[hit]
-    rows[1][hit] = nz - np.argmax(reach[..., ::-1], axis=2)[hit]
+    rows[0][hit] = np.maximum(np.argmax(reach, axis=2)[hit], 1)
+    rows[1][hit] = np.minimum(nz - np.argmax(reach[..., ::-1], axis=2)[hit], nz - 1)
     return rows
 
 
