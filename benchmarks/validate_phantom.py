@@ -27,11 +27,11 @@ import nibabel as nib
 from bids_qsm.cli.run import main as bids_qsm
 from bids_qsm.interfaces.inversion import Invert
 from bids_qsm.phantom import write_dataset
+from bids_qsm.provenance import stage_settings
 from bids_qsm.qsm import metrics
 from bids_qsm.qsm.units import hz_to_ppm
 
 PAIRS = ["resharp:tgv", "vsharp:tgv", "pdf:tgv", "lbv:tgv", "resharp:tikhonov", "resharp:tkd"]
-NOT_SETTINGS = ("method", "b0_direction")  # in the sidecar's section, not the function's
 DEEP_GREY = ("Caudate", "Putamen", "Pallidum", "Thalamus", "Substancia-Nigra")
 
 
@@ -97,7 +97,7 @@ def _ceiling(bids, out, work, inversion):
         local_field=str(local), mask=str(stages / "background" / "mask.nii"),
         brain_mask=str(stages / "mask" / "mask.nii"), echo_times=meta["EchoTime"],
         field_strength=meta["MagneticFieldStrength"], method=inversion,
-        params={k: v for k, v in meta["DipoleInversion"].items() if k not in NOT_SETTINGS},
+        params=stage_settings(meta["DipoleInversion"]),
         omp_nthreads=os.cpu_count(),
     )  # fmt:skip
     return nib.load(result.run(cwd=str(stages)).outputs.out_file).get_fdata()

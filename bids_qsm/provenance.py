@@ -13,7 +13,8 @@ SIDECAR_STAGES = {
     "DipoleInversion": ("inversion", "inversion"),
     "Referencing": ("reference", "reference"),
 }
-_NOT_SETTINGS = ("method", "b0_direction")  # b0_direction is read off the data's affine
+# b0_direction is read off the data's affine; iterations_run is what TGV measured, not a setting
+_NOT_SETTINGS = ("method", "b0_direction", "iterations_run")
 
 
 def apply_sidecar(workflow, sidecar):
@@ -45,5 +46,10 @@ def apply_sidecar(workflow, sidecar):
                 )
             continue
         setattr(workflow, attribute, settings["method"])
-        workflow.parameters[stage] = {k: v for k, v in settings.items() if k not in _NOT_SETTINGS}
+        workflow.parameters[stage] = stage_settings(settings)
     return workflow
+
+
+def stage_settings(section):
+    """The parameters a stage's sidecar section lists that its function takes as settings."""
+    return {k: v for k, v in section.items() if k not in _NOT_SETTINGS}

@@ -47,7 +47,7 @@ def test_dispatch_table_signatures():
         for key in ("voxel_size", "b0_dir"):
             assert params[key].kind is inspect.Parameter.KEYWORD_ONLY, name
         for p in list(params.values())[2:]:
-            if p.name not in ("voxel_size", "brain"):  # data the interface fills in
+            if p.name not in ("voxel_size", "brain", "report"):  # data the interface fills in
                 assert isinstance(p.default, (int, float, str, tuple)), (name, p.name)
 
 
@@ -66,6 +66,20 @@ def test_tgv_extends_chi_over_the_eroded_layer_of_the_brain():
     assert np.abs(chi[layer] - chi[valid].mean()).max() < 0.05
     alone = INVERSIONS["tgv"](field, valid, voxel_size=voxel_size, iterations=300)
     assert np.all(alone[~valid] == 0)
+
+
+def test_tgv_reports_the_iterations_it_made():
+    """`report` gets the iterations actually run: all of them without a convergence test, scaled
+    up for a finer grid, and fewer than the most when the test stops early."""
+    field, mask, _ = _sphere_case(shape=(32, 32, 32))
+    runs = {}
+    for name, voxel_size, tol in (("all", 1.0, 0.0), ("fine", 0.5, 0.0), ("early", 1.0, 1e-2)):
+        runs[name] = {}
+        INVERSIONS["tgv"](field, mask, voxel_size=(voxel_size,) * 3, iterations=40, tol=tol,
+                          report=runs[name])  # fmt:skip
+    assert runs["all"] == {"iterations_run": 40}
+    assert runs["fine"] == {"iterations_run": 113}  # 40 / sqrt(0.125)
+    assert 0 < runs["early"]["iterations_run"] < 40
 
 
 def test_tgv_is_the_default():

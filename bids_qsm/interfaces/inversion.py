@@ -78,9 +78,11 @@ class Invert(SimpleInterface):
         if self.inputs.brain_mask:
             acquisition["brain"] = load_mask(self.inputs.brain_mask)
         valid = load_mask(self.inputs.mask)
+        # What the method measured about its run (e.g. TGV's iterations) goes beside its settings.
+        report = {}
         chi, params, warnings = run_stage(
             INVERSIONS[self.inputs.method], field, valid,
-            data={**grid, **acquisition}, params=self.inputs.params,
+            data={**grid, **acquisition, "report": report}, params=self.inputs.params,
             nthreads=self.inputs.omp_nthreads,
         )  # fmt:skip
         self._results["out_file"] = save_like(ref, chi, runtime.cwd, "chi")
@@ -90,6 +92,7 @@ class Invert(SimpleInterface):
         self._results["params"] = {
             "method": self.inputs.method,
             **params,
+            **report,
             "b0_direction": list(grid["b0_dir"]),
         }
         self._results["warnings"] = warnings

@@ -219,6 +219,7 @@ def tgv(
     init="tikhonov",
     brain=None,
     extend_layers=1,
+    report=None,
 ):
     """TGV-QSM of a local (background-removed) field: chi (ppm), float32, 0 outside the mask.
 
@@ -251,6 +252,8 @@ def tgv(
     nearly right), "tv" from the `tv` solution (slower start, about 20 s more at 160^3), "zero"
     from chi = 0 as the original. The data term holds on the mask eroded
     by one voxel (faces and edges); chi on the outer layer comes from the regulariser.
+    report: optional dict that receives `iterations_run`, the iterations actually made (after
+    the scaling for resolution and the convergence test).
     """
     field, mask, voxel_size, b = _checked(local_field_ppm, mask, voxel_size, b0_dir)
     scale = np.float32(_tgv.rad_per_ppm(te, b0_tesla))
@@ -267,6 +270,8 @@ def tgv(
         data_mask=mask,
     )  # fmt: skip
     logger.info("TGV-QSM: %d iterations", done)
+    if report is not None:
+        report["iterations_run"] = done
     return chi / scale
 
 
