@@ -64,7 +64,7 @@ def main(argv=None):
         print(_row(background, inversion, chi, truth, wall), flush=True)
         if args.ceiling:
             start = time.perf_counter()
-            chi = _ceiling(bids, out, work / f"work_{pair}", inversion)
+            chi = _ceiling(truth["local_field"], out, work / f"work_{pair}", inversion)
             wall = time.perf_counter() - start
             label = f"{inversion} of the true local field"
             print(_row(f"({background} mask)", label, chi, truth, wall), flush=True)
@@ -80,19 +80,19 @@ def _truth(bids):
         "labels": nib.load(anat / "sub-01_dseg.nii.gz").get_fdata().astype(int),
         "brain": nib.load(anat / "sub-01_desc-brain_mask.nii.gz").get_fdata() > 0,
         "names": names,
+        "local_field": nib.load(anat / "sub-01_desc-local_fieldmap.nii.gz"),  # Hz
     }
 
 
-def _ceiling(bids, out, work, inversion):
-    """chi (ppm) from the phantom's true local field on the mask the run's background removal
-    left valid, by the run's inversion with its settings (read from the run's work folder)."""
+def _ceiling(true_field_hz, out, work, inversion):
+    """chi (ppm) from the phantom's true local field (image in Hz) on the mask the run's
+    background removal left valid, by the run's inversion with its settings (read from the run's
+    work folder)."""
     stages = work / "bids_qsm_wf" / "sub_01_wf" / "qsm_sub_01_wf"
     meta = json.loads((out / "sub-01" / "anat" / "sub-01_Chimap.json").read_text())
-    true_field = bids / "derivatives" / "phantom" / "sub-01" / "anat"
-    img = nib.load(true_field / "sub-01_desc-local_fieldmap.nii.gz")  # Hz
-    ppm = hz_to_ppm(img.get_fdata(), meta["MagneticFieldStrength"]).astype("float32")
+    ppm = hz_to_ppm(true_field_hz.get_fdata(), meta["MagneticFieldStrength"]).astype("float32")
     local = stages / "ceiling_local_field.nii"
-    nib.save(nib.Nifti1Image(ppm, img.affine), local)
+    nib.save(nib.Nifti1Image(ppm, true_field_hz.affine), local)
     result = Invert(
         local_field=str(local), mask=str(stages / "background" / "mask.nii"),
         brain_mask=str(stages / "mask" / "mask.nii"), echo_times=meta["EchoTime"],
