@@ -154,7 +154,7 @@ def test_registration_recovers_motion_and_labels(scene, kind):
     points = np.vstack([points, np.ones(500)])
     error_mm = np.linalg.norm((transform - motion) @ points, axis=0)
     # Affine has 6 more parameters for the sampling noise of the metric to move.
-    limit = 0.8 if kind == "rigid" else 1.0
+    limit = 0.5 if kind == "rigid" else 0.7
     assert error_mm.mean() < limit and error_mm.max() < 1.5 * limit, f"{error_mm.mean():.2f} mm"
     assert rotation_angle_deg(np.linalg.inv(motion) @ transform) < 1.0
     labels = resample_labels(
@@ -166,8 +166,9 @@ def test_registration_recovers_motion_and_labels(scene, kind):
     )
     assert labels.dtype == scene["moving_labels"].dtype
     scores = {n: dice(labels == n, truth == n) for n in NUCLEI}
-    # The substantia nigra is 7 mm thin (3.5 voxels): a 0.5 mm error costs it the most.
-    assert min(scores.values()) >= 0.78, scores
+    # The substantia nigra is 7 mm thin (3.5 voxels): even the true motion gives it only 0.87,
+    # and each 0.1 mm of error costs it about 0.01.
+    assert min(scores.values()) >= 0.8, scores
     assert np.median(list(scores.values())) >= 0.9, scores
     assert all(v >= 0.85 for n, v in scores.items() if n not in (27, 59)), scores
     assert elapsed < 30, f"registration took {elapsed:.1f} s"

@@ -44,7 +44,7 @@ def register(
     Cost: Mattes mutual information (`histogram_bins`, a random `sampling` fraction of the fixed
     voxels drawn with `seed`, so reruns on one thread agree exactly; on several, the metric's sums
     add up in a varying order). Optimiser: regular-step gradient descent over
-    three levels, the fixed grid shrunk 4, 2, 1 times and smoothed by 4, 2, 1 mm. A moving image
+    three levels, the fixed grid shrunk 4, 2, 1 times and smoothed by 4, 2, 0.5 mm. A moving image
     much finer than the fixed one is first smoothed and binned to about the fixed voxel size, which
     keeps a 1 mm T1w against a 2 mm magnitude to a few seconds. Two starts are compared at the
     coarsest level, the images' own world alignment (one session shares scanner coordinates) and
@@ -204,8 +204,10 @@ def _binned(img, voxel_mm):
 
 # Resolution levels: (shrink factor of the fixed grid, Gaussian smoothing in mm, first step in
 # mm). Each level starts its steps afresh at about a quarter of its voxel: a large first step at
-# the finest level overshoots and the halving then stops short of the optimum.
-_LEVELS = ((4, 4.0, 2.0), (2, 2.0, 1.0), (1, 1.0, 0.5))
+# the finest level overshoots and the halving then stops short of the optimum. The finest level
+# smooths by 0.5 mm, not 1 mm: on the test scene (2 mm magnitude, 1 mm T1w, six metric seeds)
+# that cut the median error from 0.28 to 0.25 mm (rigid) and 0.44 to 0.36 mm (affine).
+_LEVELS = ((4, 4.0, 2.0), (2, 2.0, 1.0), (1, 0.5, 0.5))
 
 
 def _optimise(fixed, moving, transform, *, levels, histogram_bins, sampling, seed):
