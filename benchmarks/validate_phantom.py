@@ -86,8 +86,8 @@ def _truth(bids):
 
 def _ceiling(true_field_hz, out, work, inversion):
     """chi (ppm) from the phantom's true local field (image in Hz) on the mask the run's
-    background removal left valid, by the run's inversion with its settings (read from the run's
-    work folder)."""
+    background removal left valid (from the run's work folder), by the run's inversion with the
+    settings its Chimap sidecar lists."""
     stages = work / "bids_qsm_wf" / "sub_01_wf" / "qsm_sub_01_wf"
     meta = json.loads((out / "sub-01" / "anat" / "sub-01_Chimap.json").read_text())
     ppm = hz_to_ppm(true_field_hz.get_fdata(), meta["MagneticFieldStrength"]).astype("float32")
