@@ -11,7 +11,8 @@
 - `desc-qc_Chimap.tsv`: per run, the mask volume (mm^3), the fraction of mask voxels with
   |chi| > `extreme_ppm` (streaks and failed inversions raise it; veins alone stay well under 1 %),
   the sidecar's `Warnings`, and an `outlier` flag from robust z-scores (median and MAD over runs)
-  of the mask volume, the extreme fraction and each structure's mean;
+  of the mask volume, the extreme fraction and each structure's mean, each with a floor on its
+  spread (`SPREAD_FLOORS`) so that runs of one protocol, a few ppb apart, are not flagged;
 - `desc-missing_subjects.tsv`: expected subjects without a region table, and why.
 Missing subjects and runs are reported, never fatal.
 """
@@ -39,6 +40,13 @@ QC_COLUMNS = (
     "outlier_reasons",
 )
 TABLE_SUFFIX = "_desc-roistats_Chimap.tsv"
+# The least spread (robust standard deviation) a QC metric is scored against. Runs of one protocol
+# agree better than a person would ever call an outlier (region means within a few ppb), and a
+# MAD over such values is near zero, which made every ppb a huge z-score. The floors are
+# differences that matter: 0.01 ppm in a region mean (about the scan-rescan spread of deep grey
+# matter QSM), 10 % of the median mask volume (the spread of adult brain volumes), and 0.5 % of
+# the mask beyond the extreme threshold.
+SPREAD_FLOORS = {"region_mean_ppm": 0.01, "mask_volume_relative": 0.10, "extreme_fraction": 0.005}
 _ENTITY = re.compile(r"(?:^|_)(sub|ses|acq|rec|run)-([a-zA-Z0-9]+)")
 
 
@@ -81,7 +89,8 @@ def run_group(output_dir, *, expected_subjects=None, extreme_ppm=0.5, outlier_z=
     expected_subjects: "sub-<l>" (or bare labels) that should have outputs, e.g. from
     `bids_subjects(bids_dir)`; those without a region table are listed, not fatal.
     extreme_ppm: |chi| (ppm) above which a mask voxel counts as extreme; outlier_z: robust
-    z-score (0.6745 (x - median) / MAD) beyond which a run is flagged (needs 3 runs or more).
+    z-score beyond which a run is flagged (needs 3 runs or more): (x - median) / s with s the
+    larger of 1.4826 MAD and the metric's floor in `SPREAD_FLOORS`.
     """
     out = Path(output_dir)
     group_dir = out / "group"
@@ -121,10 +130,16 @@ def run_group(output_dir, *, expected_subjects=None, extreme_ppm=0.5, outlier_z=
                 "Description": f"fraction of mask voxels with |chi| > {extreme_ppm} ppm"
             },
             "outlier": {
-                "Description": f"a robust z-score (median/MAD over runs) beyond {outlier_z}"
+                "Description": f"a robust z-score beyond {outlier_z}: (x - median) / s over runs, "
+                "s the larger of 1.4826 MAD and the metric's floor (SpreadFloors)"
             },
             "ExtremeThreshold": extreme_ppm,
             "OutlierZ": outlier_z,
+            "SpreadFloors": {
+                "region_mean_ppm": SPREAD_FLOORS["region_mean_ppm"],
+                "mask_volume_relative_to_median": SPREAD_FLOORS["mask_volume_relative"],
+                "extreme_fraction": SPREAD_FLOORS["extreme_fraction"],
+            },
         },
     )
 
@@ -212,36 +227,47 @@ def _sidecar_warnings(path):
     return [value] if isinstance(value, str) else [str(v) for v in value]
 
 
-def _robust_z(values):
-    """Robust z-scores of the finite values: 0.6745 (x - median) / MAD.
+def _robust_z(values, *, floor=0.0, relative_floor=0.0):
+    """Robust z-scores of the finite values: (x - median) / s, NaN elsewhere.
 
-    When more than half the values are equal (MAD 0) the mean absolute deviation from the median
-    stands in, (x - median) / (1.2533 MeanAD); NaN with fewer than 3 values or no spread at all.
+    s = max(1.4826 MAD, floor, relative_floor * |median|): the MAD scaled to a normal standard
+    deviation, never below the spread that matters for the quantity. NaN with fewer than 3
+    values, or where s is 0.
     """
     x = np.asarray(values, float)
     z = np.full(x.shape, np.nan)
     finite = np.isfinite(x)
     if finite.sum() < 3:
         return z
-    deviation = x[finite] - np.median(x[finite])
-    mad = np.median(np.abs(deviation))
-    if mad > 0:
-        z[finite] = 0.6745 * deviation / mad
-    elif np.any(deviation):
-        z[finite] = deviation / (1.2533 * np.mean(np.abs(deviation)))
+    median = np.median(x[finite])
+    deviation = x[finite] - median
+    spread = max(1.4826 * np.median(np.abs(deviation)), floor, relative_floor * abs(median))
+    if spread > 0:
+        z[finite] = deviation / spread
     return z
 
 
 def _flag_outliers(runs, qc_rows, means, outlier_z):
     """Fill `outlier` and `outlier_reasons` in the QC rows; the flagged runs' names."""
     reasons = {i: [] for i in range(len(runs))}
-    metrics = {name: [_number(row[name]) for row in qc_rows]
-               for name in ("mask_volume_mm3", "extreme_fraction")}  # fmt: skip
+    metrics = {
+        "mask_volume_mm3": (
+            [_number(row["mask_volume_mm3"]) for row in qc_rows],
+            {"relative_floor": SPREAD_FLOORS["mask_volume_relative"]},
+        ),
+        "extreme_fraction": (
+            [_number(row["extreme_fraction"]) for row in qc_rows],
+            {"floor": SPREAD_FLOORS["extreme_fraction"]},
+        ),
+    }
     structures = sorted({key for per_run in means.values() for key in per_run}, key=_label_key)
     for index, name in structures:
-        metrics[f"{name} mean"] = [means.get(p, {}).get((index, name), np.nan) for p in runs]
-    for metric, values in metrics.items():
-        for i, z in enumerate(_robust_z(values)):
+        metrics[f"{name} mean"] = (
+            [means.get(p, {}).get((index, name), np.nan) for p in runs],
+            {"floor": SPREAD_FLOORS["region_mean_ppm"]},
+        )
+    for metric, (values, floors) in metrics.items():
+        for i, z in enumerate(_robust_z(values, **floors)):
             if np.isfinite(z) and abs(z) > outlier_z:
                 reasons[i].append(f"{metric} z={z:+.1f}")
     for i, row in enumerate(qc_rows):

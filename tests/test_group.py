@@ -2,6 +2,7 @@
 
 import csv
 import json
+import zlib
 
 import nibabel as nb
 import numpy as np
@@ -17,7 +18,7 @@ RUNS = {
     ("01", "1", None, None): (0.150, 6),
     ("01", "2", None, None): (0.155, 6),
     ("02", "1", None, "1"): (0.145, 6),
-    ("02", "1", None, "2"): (0.148, 7),
+    ("02", "1", None, "2"): (0.148, 6),
     ("04", None, "fast", None): (0.152, 6),
     ("05", "1", None, None): (0.600, 12),  # planted outlier: huge mask, pallidum off the chart
 }
@@ -33,11 +34,13 @@ def read(path):
         return list(csv.DictReader(f, delimiter="\t"))
 
 
-@pytest.fixture
-def output_dir(tmp_path):
-    out = tmp_path / "derivatives"
+def write_runs(out, runs, *, seed=0, noise_ppm=0.01):
+    """One fake participant-level output per run: mask, Chimap (+ sidecar), region table.
+
+    The noise is seeded from the run's name and `seed`, never from the machine (paths).
+    """
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
-    for (sub, ses, acq, run), (pallidum, half) in RUNS.items():
+    for (sub, ses, acq, run), (pallidum, half) in runs.items():
         anat = out / f"sub-{sub}" / (f"ses-{ses}" if ses else "") / "anat"
         anat.mkdir(parents=True, exist_ok=True)
         prefix = anat / ents(sub, ses, acq, run)
@@ -47,9 +50,9 @@ def output_dir(tmp_path):
         labels[12:15, 12:20, 12:20], labels[15:17, 12:20, 12:20], labels[17:20, 12:20, 12:20] = (
             4, 12, 13
         )  # fmt: skip
-        rng = np.random.default_rng(len(str(prefix)))
+        rng = np.random.default_rng([seed, zlib.crc32(prefix.name.encode())])
         chi = np.where(labels == 13, pallidum, np.where(labels == 12, 0.08, 0.0))
-        chi = np.where(mask, chi + rng.normal(0, 0.01, mask.shape), 0).astype(np.float32)
+        chi = np.where(mask, chi + rng.normal(0, noise_ppm, mask.shape), 0).astype(np.float32)
         nb.Nifti1Image(mask.astype(np.uint8), affine).to_filename(
             f"{prefix}_desc-brain_mask.nii.gz"
         )
@@ -58,6 +61,13 @@ def output_dir(tmp_path):
         (anat / f"{prefix.name}_Chimap.json").write_text(json.dumps({"Warnings": warnings}))
         rows = roi_statistics(chi, mask, labels, voxel_size=(2, 2, 2), names=NAMES)
         write_roi_table(f"{prefix}_desc-roistats_Chimap.tsv", rows)
+
+
+@pytest.fixture
+def output_dir(tmp_path):
+    out = tmp_path / "derivatives"
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    write_runs(out, RUNS)
     # A subject whose pipeline made a map but had no segmentation.
     anat = out / "sub-06" / "anat"
     anat.mkdir(parents=True)
@@ -112,6 +122,30 @@ def test_qc_flags_the_planted_outlier(output_dir):
     assert float(bad["extreme_fraction"]) > 0  # the 0.6 ppm pallidum is beyond 0.5 ppm
     assert qc[("sub-02", "ses-1", "n/a", "1")]["warnings"] == "phase rescaled"
     assert "no brain mask" in qc[("sub-06", "n/a", "n/a", "n/a")]["warnings"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
+def test_qc_flags_nothing_in_a_cohort_of_one_protocol(tmp_path, seed):
+    """Runs a few ppb apart (one protocol, scan-rescan spread) are ordinary, not outliers; a run
+    off by 0.1 ppm in one region or with a mask over three times as large still is."""
+    rng = np.random.default_rng(seed)
+    cohort = {
+        (f"{i:02d}", None, None, None): (0.150 + rng.normal(0, 0.003), 6) for i in range(1, 9)
+    }
+    write_runs(tmp_path, cohort, seed=seed, noise_ppm=0.002)
+    result = run_group(tmp_path)
+    assert result.outliers == []
+
+    off = tmp_path / "off"
+    write_runs(off, {**cohort, ("09", None, None, None): (0.25, 6),
+                     ("10", None, None, None): (0.150, 9)}, seed=seed, noise_ppm=0.002)  # fmt: skip
+    result = run_group(off)
+    assert result.outliers == ["sub-09", "sub-10"]
+    qc = {r["participant_id"]: r for r in read(result.qc)}
+    assert "Left-Pallidum mean" in qc["sub-09"]["outlier_reasons"]
+    assert "mask_volume_mm3" in qc["sub-10"]["outlier_reasons"]
+    floors = json.loads((off / "group/desc-qc_Chimap.json").read_text())["SpreadFloors"]
+    assert floors["region_mean_ppm"] == 0.01
 
 
 def test_empty_output_dir_lists_everyone_as_missing(tmp_path):
