@@ -31,6 +31,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from bids_qsm import __version__
+from bids_qsm.phantom_lesions import LESION_TISSUES, lesion_structures, write_lesion_dir
 from bids_qsm.qsm.dipole import b0_direction, forward_field
 from bids_qsm.qsm.units import hz_per_ppm
 
@@ -77,6 +78,7 @@ TISSUES = {
     9005: ("Vein", 0.40, 60.0, 0.75),
     9006: ("Calcification", -1.0, 150.0, 0.30),
     9007: ("Microbleed", 1.0, 200.0, 0.40),
+    **LESION_TISSUES,  # planted findings of bids_qsm.phantom_lesions (painted with lesions=True)
 }
 NON_BRAIN = (0, 258, 165, 262)
 _INTRACRANIAL = tuple(label for label in TISSUES if label not in NON_BRAIN)  # the brain mask
@@ -368,6 +370,7 @@ def simulate_head(
     phase_units="rad",
     subject=0,
     session=0,
+    lesions=False,
 ):
     """Simulate one MEGRE run of the head phantom.
 
@@ -375,7 +378,8 @@ def simulate_head(
     echo 1 over the noise sigma (inf: no noise); tilt_deg: head pitch about scanner x (the grid
     follows the head, so the affine becomes oblique); oversample: fine voxels per acquired voxel
     edge; phase_units: "rad" or "siemens". subject 0 is the canonical head; subject > 0 jitters
-    size, pose and gyri from (seed, subject, session). Returns a `PhantomScan`.
+    size, pose and gyri from (seed, subject, session); lesions: paint the clinical findings of
+    `bids_qsm.phantom_lesions` too. Returns a `PhantomScan`.
     """
     te = np.asarray(echo_times, dtype=np.float64)
     k = int(oversample)
@@ -388,7 +392,8 @@ def simulate_head(
     fine[:3, 3] = (1 / k - 1) / 2
     fine_shape = tuple(int(n) * k for n in shape)
     folds = (0.3, 1.1, 2.0) if anatomy is None else anatomy.uniform(0, 2 * np.pi, 3)
-    index = paint(fine_shape, np.linalg.inv(pose) @ affine @ fine, head_structures(folds))
+    structures = head_structures(folds) + (lesion_structures() if lesions else [])
+    index = paint(fine_shape, np.linalg.inv(pose) @ affine @ fine, structures)
 
     b0_dir = b0_direction(affine)
     chi = _CHI[index]
@@ -572,6 +577,8 @@ def write_dataset(out_dir, *, subjects=1, sessions=0, **scan_kwargs):
             scan = simulate_head(**scan_kwargs, subject=subject, session=session)
             _write_run(out_dir, "_".join(parts), parts, scan)
             logger.info("wrote %s", "/".join(parts))
+    if scan_kwargs.get("lesions"):
+        write_lesion_dir(out_dir)  # what --lesion-dir reads
     return out_dir
 
 
@@ -603,6 +610,9 @@ def _build_parser():
         help="simulate on a K times finer grid (partial volume, intravoxel dephasing); with "
              "1, sharp air and bone edges leave a background field that is not harmonic in "
              "the brain, and background removal is not tested fairly")
+    add("--lesions", action="store_true",
+        help="plant a rim lesion, a rimless lesion, microbleeds and calcifications "
+             "(bids_qsm.phantom_lesions) and write their masks under derivatives/lesions")
     # fmt: on
     return parser
 
