@@ -25,39 +25,9 @@ from scipy import ndimage
 
 from . import tgv as _tgv
 from .dipole import dipole_kernel, kspace_grid
+from .fftbox import FFTBox, bounding_box, irfftn, rfftn
 
 logger = logging.getLogger(__name__)
-
-
-class _Box:
-    """The mask's bounding box plus `pad` voxels per side (zeros beyond the grid), FFT-friendly."""
-
-    def __init__(self, mask, pad):
-        self.grid_shape = mask.shape
-        idx = np.nonzero(mask)
-        if idx[0].size == 0:
-            raise ValueError("the mask is empty")
-        lo = [int(i.min()) for i in idx]
-        hi = [int(i.max()) + 1 for i in idx]
-        pad = np.broadcast_to(np.asarray(pad, dtype=int), (3,))
-        self.src = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-        self.shape = tuple(
-            scipy.fft.next_fast_len(b - a + 2 * p, real=True)
-            for a, b, p in zip(lo, hi, pad, strict=True)
-        )
-        # The box sits with `pad` zeros before it; next_fast_len adds the rest after it.
-        self.dst = tuple(slice(p, p + b - a) for a, b, p in zip(lo, hi, pad, strict=True))
-
-    def crop(self, volume, dtype=np.float32):
-        out = np.zeros(self.shape, dtype=dtype)
-        out[self.dst] = volume[self.src]
-        return out
-
-    def paste(self, boxed, mask):
-        out = np.zeros(self.grid_shape, dtype=np.float32)
-        out[self.src] = boxed[self.dst]
-        out[~mask] = 0.0
-        return out
 
 
 def _checked(field_ppm, mask, voxel_size, b0_dir):
@@ -77,14 +47,6 @@ def _fft_pad(mask, fraction=0.25, minimum=8):
     if idx[0].size == 0:
         raise ValueError("the mask is empty")
     return tuple(max(minimum, int(math.ceil(fraction * (i.max() - i.min() + 1)))) for i in idx)
-
-
-def _rfftn(x):
-    return scipy.fft.rfftn(x, workers=-1)
-
-
-def _irfftn(x, shape):
-    return scipy.fft.irfftn(x, s=shape, workers=-1).astype(np.float32)
 
 
 def _half(kernel):
@@ -110,13 +72,13 @@ def tkd(local_field_ppm, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), threshold=
     0 outside the mask.
     """
     field, mask, voxel_size, b = _checked(local_field_ppm, mask, voxel_size, b0_dir)
-    box = _Box(mask, _fft_pad(mask))
+    box = FFTBox(mask, _fft_pad(mask))
     kernel = _half(dipole_kernel(box.shape, voxel_size, b))
     small = np.abs(kernel) < threshold
     truncated = np.where(small, np.where(kernel < 0, -threshold, threshold), kernel)
     inverse = (1.0 / truncated).astype(np.float32)
     inverse[0, 0, 0] = 0.0
-    chi = _irfftn(_rfftn(box.crop(field * mask)) * inverse, box.shape)
+    chi = irfftn(rfftn(box.crop(field * mask)) * inverse, box.shape)
     return box.paste(chi, mask)
 
 
@@ -138,7 +100,7 @@ def tikhonov(
     undetermined k = 0 term set to zero. Returns chi (ppm), float32, 0 outside the mask.
     """
     field, mask, voxel_size, b = _checked(local_field_ppm, mask, voxel_size, b0_dir)
-    box = _Box(mask, _fft_pad(mask))
+    box = FFTBox(mask, _fft_pad(mask))
     kernel = _half(dipole_kernel(box.shape, voxel_size, b))
     if penalty == "gradient":
         power = _gradient_power(box.shape, voxel_size)
@@ -149,7 +111,7 @@ def tikhonov(
     denominator = kernel**2 + np.float32(regularization) * power
     inverse = np.divide(kernel, denominator, out=np.zeros_like(kernel), where=denominator > 0)
     inverse[0, 0, 0] = 0.0
-    chi = _irfftn(_rfftn(box.crop(field * mask)) * inverse, box.shape)
+    chi = irfftn(rfftn(box.crop(field * mask)) * inverse, box.shape)
     return box.paste(chi, mask)
 
 
@@ -183,20 +145,20 @@ def tv(
     voxel axes. The field is zero outside the mask. Returns chi (ppm), float32, 0 outside.
     """
     field, mask, voxel_size, b = _checked(local_field_ppm, mask, voxel_size, b0_dir)
-    box = _Box(mask, _fft_pad(mask))
+    box = FFTBox(mask, _fft_pad(mask))
     kernel = _half(dipole_kernel(box.shape, voxel_size, b))
     rho = np.float32(penalty_rho * regularization)
     denominator = kernel**2 + rho * _gradient_power(box.shape, voxel_size)
     denominator[0, 0, 0] = 1.0  # the mean of chi is not determined; keep it at zero
-    data = kernel * _rfftn(box.crop(field * mask))
+    data = kernel * rfftn(box.crop(field * mask))
     threshold = np.float32(regularization / rho)
     z = np.zeros((3, *box.shape), dtype=np.float32)
     u = np.zeros_like(z)
     chi = np.zeros(box.shape, dtype=np.float32)
     for _ in range(iterations):
-        rhs = data - rho * _rfftn(_backward_div(z - u, voxel_size))
+        rhs = data - rho * rfftn(_backward_div(z - u, voxel_size))
         rhs[0, 0, 0] = 0.0
-        chi = _irfftn(rhs / denominator, box.shape)
+        chi = irfftn(rhs / denominator, box.shape)
         g = _forward_diff(chi, voxel_size)
         v = g + u
         z = np.sign(v) * np.maximum(np.abs(v) - threshold, 0.0)
@@ -342,9 +304,8 @@ def _poisson_dirichlet(rhs, mask, voxel_size):
     Gives a local phase estimate from its Laplacian for the initial guess only; the harmonic
     part it gets wrong is ignored by the Laplacian data term of TGV anyway.
     """
-    box = _Box(mask, 1)
-    sub = np.zeros([s.stop - s.start for s in box.src], dtype=np.float64)
-    sub[...] = rhs[box.src]
+    bbox = bounding_box(mask)
+    sub = np.asarray(rhs[bbox], dtype=np.float64)
     coeffs = scipy.fft.dstn(sub, type=1, workers=-1)
     eig = 0.0
     for axis, (n, h) in enumerate(zip(sub.shape, voxel_size, strict=True)):
@@ -354,7 +315,7 @@ def _poisson_dirichlet(rhs, mask, voxel_size):
         eig = eig + ((2.0 * np.cos(np.pi * k / (n + 1)) - 2.0) / h**2).reshape(shape)
     u = scipy.fft.idstn(coeffs / eig, type=1, workers=-1)
     out = np.zeros(mask.shape, dtype=np.float32)
-    out[box.src] = u
+    out[bbox] = u
     return np.where(mask, out, 0.0)
 
 
