@@ -11,6 +11,8 @@ is harmonic inside the mask (its Laplacian is zero there), which every method he
 - `lbv`: Laplacian boundary value; the background solves Laplace's equation inside the mask
   with the measured field as its boundary value (Zhou et al. 2014).
 - `resharp`: SHARP with Tikhonov regularisation, solved by conjugate gradients (Sun & Wilman 2014).
+- `ismv`: iterative SMV; the background is the field that equals its own spherical mean inside
+  and the measured field on the boundary shell (Wen et al. 2014), with no deconvolution.
 
 Every method works on the mask's bounding box plus a margin (FFT padding), in float32, and
 returns the local field as float32 (0 outside the valid mask) with the valid mask (inside `mask`).
@@ -20,11 +22,11 @@ import logging
 import math
 
 import numpy as np
-import scipy.fft
 from numba import njit, prange
 from scipy import ndimage
 
 from .dipole import dipole_kernel
+from .fftbox import FFTBox, irfftn, rfftn
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +54,9 @@ def vsharp(
     """
     field, mask, voxel_size = _checked(field_ppm, mask, voxel_size)
     radii = _radii(voxel_size, max_radius_mm, min_radius_mm)
-    box = _Box(mask, _margin(voxel_size, radii[0]))
-    field_hat = _rfftn(box.crop(field))
-    mask_hat = _rfftn(box.crop(mask).astype(np.float32))
+    box = FFTBox(mask, _margin(voxel_size, radii[0]))
+    field_hat = rfftn(box.crop(field))
+    mask_hat = rfftn(box.crop(mask).astype(np.float32))
 
     local = np.zeros(box.shape, dtype=np.float32)
     valid = np.zeros(box.shape, dtype=bool)
@@ -62,7 +64,7 @@ def vsharp(
     for radius in radii:
         smv, count = _smv_kernel(box.shape, voxel_size, radius)
         fits = _sphere_fits(mask_hat, smv, count, box.shape)
-        high_pass = _irfftn(field_hat * (1.0 - smv), box.shape)
+        high_pass = irfftn(field_hat * (1.0 - smv), box.shape)
         new = fits & ~valid
         local[new] = high_pass[new]
         valid |= fits
@@ -72,7 +74,7 @@ def vsharp(
             inverse[keep] = 1.0 / (1.0 - smv[keep])
     if not valid.any():
         raise ValueError(f"no voxel of the mask fits a sphere of {radii[-1]:.1f} mm")
-    local = _irfftn(_rfftn(local) * inverse, box.shape)
+    local = irfftn(rfftn(local) * inverse, box.shape)
     return _finish(box, local, valid)
 
 
@@ -100,7 +102,7 @@ def pdf(
     Returns (local field in ppm, float32, 0 outside the mask; the mask itself).
     """
     field, mask, voxel_size = _checked(field_ppm, mask, voxel_size)
-    box = _Box(mask, _margin(voxel_size, pad_mm))
+    box = FFTBox(mask, _margin(voxel_size, pad_mm))
     inside = box.crop(mask)
     field = box.crop(field)
     if weights is None:
@@ -116,7 +118,7 @@ def pdf(
     kernel = dipole_kernel(box.shape, voxel_size, b0_dir)[..., : box.shape[2] // 2 + 1]
 
     def dipole(x):
-        return _irfftn(_rfftn(x) * kernel, box.shape)
+        return irfftn(rfftn(x) * kernel, box.shape)
 
     def normal(x):
         return outside * dipole(weight2 * dipole(outside * x))
@@ -125,8 +127,8 @@ def pdf(
     # d the dipole's point response. Sources far from the mask barely reach it and need large
     # values; scaling by the diagonal balances them: the background is then fitted as well in
     # 50 iterations as in 100 without it.
-    response = _irfftn(kernel.astype(np.complex64), box.shape)
-    diagonal = _irfftn(np.conj(_rfftn(response**2)) * _rfftn(weight2), box.shape)
+    response = irfftn(kernel.astype(np.complex64), box.shape)
+    diagonal = irfftn(np.conj(rfftn(response**2)) * rfftn(weight2), box.shape)
     scale = np.float32(1e-6) * diagonal.max()
     preconditioner = outside / np.maximum(diagonal, scale)
     chi_b = _conjugate_gradient(
@@ -152,7 +154,7 @@ def lbv(field_ppm, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), peel=1, tol=1e-6
     Returns (local field in ppm, float32, 0 outside the valid mask; valid mask, bool).
     """
     field, mask, voxel_size = _checked(field_ppm, mask, voxel_size)
-    box = _Box(mask, (1, 1, 1))
+    box = FFTBox(mask, (1, 1, 1))
     inside = box.crop(mask)
     field = box.crop(field)
     interior = ndimage.binary_erosion(inside)
@@ -201,17 +203,17 @@ def resharp(
     field, mask, voxel_size = _checked(field_ppm, mask, voxel_size)
     radius_mm = float(radius_mm) or max(3.0, 2.0 * max(voxel_size))
     logger.info("RESHARP with a sphere of %.1f mm", radius_mm)
-    box = _Box(mask, _margin(voxel_size, radius_mm))
+    box = FFTBox(mask, _margin(voxel_size, radius_mm))
     inside = box.crop(mask)
     smv, count = _smv_kernel(box.shape, voxel_size, radius_mm)
-    eroded = _sphere_fits(_rfftn(inside), smv, count, box.shape)
+    eroded = _sphere_fits(rfftn(inside), smv, count, box.shape)
     if not eroded.any():
         raise ValueError(f"no voxel of the mask fits a sphere of {radius_mm:.1f} mm")
     high_pass = 1.0 - smv
 
     def masked_high_pass(x):
-        return _irfftn(
-            high_pass * _rfftn(eroded * _irfftn(high_pass * _rfftn(x), box.shape)), box.shape
+        return irfftn(
+            high_pass * rfftn(eroded * irfftn(high_pass * rfftn(x), box.shape)), box.shape
         )
 
     def normal(x):
@@ -220,6 +222,55 @@ def resharp(
     rhs = masked_high_pass(box.crop(field))
     local = _conjugate_gradient(normal, rhs, tol=tol, max_iter=max_iter)
     return _finish(box, local, eroded)
+
+
+def ismv(
+    field_ppm,
+    mask,
+    *,
+    voxel_size,
+    b0_dir=(0.0, 0.0, 1.0),
+    radius_mm=0.0,
+    tol=1e-4,
+    max_iter=200,
+):
+    """Iterative spherical mean value: local field (ppm) where a sphere of `radius_mm` fits.
+
+    radius_mm 0 means twice the largest voxel edge, at least 3 mm (as `resharp`). field_ppm:
+    total field (ppm); mask: bool; voxel_size: mm; b0_dir is unused (the SMV filter does not
+    depend on it) and kept for the common signature.
+
+    A harmonic field equals its own spherical mean wherever the sphere fits in the mask. iSMV
+    (Wen et al. 2014) takes the measured field as the background on the boundary shell (the
+    mask less the voxels where the sphere fits) and iterates b <- S b on the interior, keeping
+    the shell at the measured field; the fixed point is the background, and the local field is
+    f - b on the interior, without SHARP's deconvolution. With M the interior and S the SMV
+    filter, that fixed point solves (I - M S M) b = M S (f on the shell), a symmetric positive
+    definite system on the interior (|S| < 1 there), solved here by conjugate gradients to a
+    relative residual of `tol`: the same solution in tens of iterations instead of the
+    hundreds that the plain iteration needs.
+    Returns (local field in ppm, float32, 0 outside the interior; interior mask, bool).
+    """
+    field, mask, voxel_size = _checked(field_ppm, mask, voxel_size)
+    radius_mm = float(radius_mm) or max(3.0, 2.0 * max(voxel_size))
+    box = FFTBox(mask, _margin(voxel_size, radius_mm))
+    inside = box.crop(mask)
+    field = box.crop(field)
+    smv, support, count = _partial_volume_sphere(box.shape, voxel_size, radius_mm)
+    interior = _sphere_fits(rfftn(inside), support, count, box.shape)
+    if not interior.any():
+        raise ValueError(f"no voxel of the mask fits a sphere of {radius_mm:.1f} mm")
+    shell = np.where(inside & ~interior, field, np.float32(0.0))
+
+    def spherical_mean(x):
+        return irfftn(smv * rfftn(x), box.shape)
+
+    def operator(x):
+        return x - interior * spherical_mean(interior * x)
+
+    rhs = interior * spherical_mean(shell)
+    background = _conjugate_gradient(operator, rhs, tol=tol, max_iter=max_iter)
+    return _finish(box, field - background, interior)
 
 
 def _conjugate_gradient(operator, rhs, *, tol, max_iter, preconditioner=None):
@@ -346,43 +397,6 @@ def _margin(voxel_size, extent_mm):
     return tuple(int(math.ceil(extent_mm / h)) + 1 for h in voxel_size)
 
 
-class _Box:
-    """The mask's bounding box plus a margin, on an FFT-friendly grid.
-
-    The box may reach past the volume; those voxels are zero in `crop` and dropped by `paste`.
-    """
-
-    def __init__(self, mask, margin):
-        self.volume_shape = mask.shape
-        lo, hi = [], []
-        for axis in range(3):
-            nonzero = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-            lo.append(int(nonzero[0]) - margin[axis])
-            hi.append(int(nonzero[-1]) + 1 + margin[axis])
-        self.shape = tuple(
-            scipy.fft.next_fast_len(h - lo_, real=True) for lo_, h in zip(lo, hi, strict=True)
-        )
-        self.lo = tuple(lo)
-        # The region shared by the box and the volume, in both coordinate systems.
-        self._vol = tuple(
-            slice(max(a, 0), min(a + n, v))
-            for a, n, v in zip(self.lo, self.shape, self.volume_shape, strict=True)
-        )
-        self._box = tuple(
-            slice(s.start - a, s.stop - a) for s, a in zip(self._vol, self.lo, strict=True)
-        )
-
-    def crop(self, volume):
-        out = np.zeros(self.shape, dtype=volume.dtype)
-        out[self._box] = volume[self._vol]
-        return out
-
-    def paste(self, boxed):
-        out = np.zeros(self.volume_shape, dtype=boxed.dtype)
-        out[self._vol] = boxed[self._box]
-        return out
-
-
 def _smv_kernel(shape, voxel_size, radius_mm):
     """Fourier transform (rfft half) of the normalised sphere of `radius_mm`, and its voxel count.
 
@@ -392,20 +406,36 @@ def _smv_kernel(shape, voxel_size, radius_mm):
     x, y, z = np.meshgrid(*axes, indexing="ij", sparse=True)
     sphere = ((x**2 + y**2 + z**2) <= radius_mm**2 + 1e-6).astype(np.float32)
     count = float(sphere.sum())
-    return (_rfftn(sphere).real / np.float32(count)).astype(np.float32), count
+    return (rfftn(sphere).real / np.float32(count)).astype(np.float32), count
+
+
+def _partial_volume_sphere(shape, voxel_size, radius_mm, supersample=5):
+    """Sphere of `radius_mm` weighted by the part of each voxel inside it, on a periodic grid.
+
+    Returns (its normalised transform, the transform of its support normalised by the support's
+    voxel count, that count), rfft halves. A harmonic field equals its spherical mean only if
+    the kernel's second moments are the same along every axis; a binary sphere of a few voxels
+    of a coarse axis breaks that (a 4 mm sphere in 2 mm slices: 42 % error against 14 % with
+    these weights, on the test phantom of tests/test_qsm_background.py).
+    """
+    axes = [np.fft.fftfreq(n, 1.0 / n) * h for n, h in zip(shape, voxel_size, strict=True)]
+    x, y, z = np.meshgrid(*axes, indexing="ij", sparse=True)
+    offsets = (np.arange(supersample) + 0.5) / supersample - 0.5
+    weight = np.zeros(shape, dtype=np.float32)
+    for a in offsets:
+        for b in offsets:
+            for c in offsets:
+                sx, sy, sz = a * voxel_size[0], b * voxel_size[1], c * voxel_size[2]
+                weight += ((x + sx) ** 2 + (y + sy) ** 2 + (z + sz) ** 2) <= radius_mm**2
+    support = (weight > 0).astype(np.float32)
+    count = float(support.sum())
+    kernel = rfftn(weight / np.float32(weight.sum())).real.astype(np.float32)
+    return kernel, (rfftn(support).real / np.float32(count)).astype(np.float32), count
 
 
 def _sphere_fits(mask_hat, smv, count, shape):
     """Voxels whose sphere lies inside the mask: there the mask sums to the sphere's count."""
-    return _irfftn(mask_hat * (smv * np.float32(count)), shape) > count - 0.5
-
-
-def _rfftn(array):
-    return scipy.fft.rfftn(array.astype(np.float32, copy=False), workers=-1)
-
-
-def _irfftn(spectrum, shape):
-    return scipy.fft.irfftn(spectrum, s=shape, workers=-1).astype(np.float32, copy=False)
+    return irfftn(mask_hat * (smv * np.float32(count)), shape) > count - 0.5
 
 
 def _finish(box, local, valid):
@@ -413,4 +443,4 @@ def _finish(box, local, valid):
     return box.paste(local), box.paste(valid)
 
 
-BACKGROUND = {"vsharp": vsharp, "pdf": pdf, "lbv": lbv, "resharp": resharp}
+BACKGROUND = {"vsharp": vsharp, "pdf": pdf, "lbv": lbv, "resharp": resharp, "ismv": ismv}
