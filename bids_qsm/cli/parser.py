@@ -127,6 +127,22 @@ def _json_object(value):
     return data
 
 
+def _plugin_args(value):
+    """Nipype plugin arguments: a JSON object, or the path of a YAML (or JSON) file holding one."""
+    path = Path(value).expanduser()
+    if not path.is_file():
+        return _json_object(value)
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ArgumentTypeError(f"{value}: not readable as YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise ArgumentTypeError(f"{value}: does not hold a mapping of plugin arguments")
+    return data
+
+
 def _positive_int(value):
     try:
         number = int(value)
@@ -232,9 +248,9 @@ def _build_parser(defaults: Settings | None = None) -> ArgumentParser:
     exe.add_argument(
         "--plugin-args",
         "--plugin_args",
-        type=_json_object,
-        metavar="JSON",
-        help='plugin arguments as JSON, e.g. \'{"sbatch_args": "-p short"}\'',
+        type=_plugin_args,
+        metavar="JSON|YAML_FILE",
+        help='plugin arguments as JSON, e.g. \'{"sbatch_args": "-p short"}\', or a YAML file',
     )
     exe.add_argument(
         "--stop-on-first-crash",
@@ -257,6 +273,9 @@ def _build_parser(defaults: Settings | None = None) -> ArgumentParser:
         help="use the methods and every parameter listed in the sidecar of an earlier Chimap",
     )
     exe.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    exe.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress lines, only warnings and errors"
+    )
 
     qsm = parser.add_argument_group("methods")
     qsm.add_argument(
@@ -369,7 +388,8 @@ def _build_parser(defaults: Settings | None = None) -> ArgumentParser:
 
 
 def parse_args(argv=None) -> tuple[Settings, int]:
-    """Parse the command line into Settings (and the verbosity); exits 2 on bad arguments."""
+    """Parse the command line into Settings and the verbosity (-1 with -q, 0, or the number of
+    -v); exits 2 on bad arguments."""
     defaults = Settings()
     probe = ArgumentParser(add_help=False)
     probe.add_argument("--config-file", "--config_file", type=Path)
@@ -411,4 +431,4 @@ def parse_args(argv=None) -> tuple[Settings, int]:
     if settings.nipype.omp_nthreads and settings.nipype.nprocs:
         if settings.nipype.omp_nthreads > settings.nipype.nprocs:
             parser.error("--omp-nthreads cannot exceed --nprocs")
-    return settings, opts.verbose
+    return settings, -1 if opts.quiet else opts.verbose

@@ -190,6 +190,7 @@ def _run_workflow(settings, runs, segmentations, masks, verbosity):
     from nipype import logging as nipype_logging
 
     from bids_qsm.cli.multiproc import MultiProc
+    from bids_qsm.cli.progress import Progress
     from bids_qsm.derivatives import write_citation
     from bids_qsm.workflows.base import init_bids_qsm_wf
 
@@ -208,7 +209,7 @@ def _run_workflow(settings, runs, segmentations, masks, verbosity):
             },
             "monitoring": {"enabled": False},
             "logging": {
-                "workflow_level": "INFO" if verbosity else "WARNING",
+                "workflow_level": "INFO" if verbosity > 0 else "WARNING",
                 "interface_level": "WARNING",
                 "utils_level": "WARNING",
             },
@@ -228,15 +229,41 @@ def _run_workflow(settings, runs, segmentations, masks, verbosity):
         },
     )  # fmt:skip
     logger.info("processing %d run(s) in %s", len(runs), exe.work_dir)
+    progress = Progress(runs, verbosity=verbosity)
+    failures = []
     try:
         plugin = settings.nipype.plugin_settings()
+        if plugin["plugin"].endswith("Graph"):
+            logger.info("%s submits every job at once: no progress lines until the end",
+                        plugin["plugin"])  # fmt:skip
+        else:
+            plugin["plugin_args"]["status_callback"] = progress
+        if plugin["plugin"] in ("SLURM", "SLURMGraph"):
+            _request_resources(workflow, plugin["plugin_args"].get("sbatch_args", ""))
         if plugin["plugin"] == "MultiProc":
             plugin["plugin"] = MultiProc(plugin_args=plugin.pop("plugin_args"))
         workflow.run(**plugin)
     except Exception as err:  # noqa: BLE001 - Nipype raises plain RuntimeError on node failures
-        failures = _crash_summaries(crash_dir)
-        return failures or [f"processing failed: {err}"]
-    return []
+        failures = _crash_summaries(crash_dir) or [f"processing failed: {err}"]
+    progress.summary(exe.output_dir, failures)
+    return failures
+
+
+def _request_resources(workflow, user_args):
+    """Ask SLURM for each node's estimated memory and threads (Nipype's plugin asks for
+    nothing, so every job would get the partition's default and the scheduler could not pack
+    them), unless the user's own `sbatch_args` already set them."""
+    for node in workflow._get_all_nodes():
+        if node.run_without_submitting:
+            continue
+        request = []
+        if not re.search(r"--mem\b|--mem-per-cpu", user_args):
+            request.append(f"--mem={max(1, round(node.mem_gb * 1024))}M")
+        if not re.search(r"--cpus-per-task|(^|\s)-c\b", user_args):
+            request.append(f"--cpus-per-task={node.n_procs}")
+        if request:
+            node.plugin_args = {"sbatch_args": " ".join(request), "overwrite": False,
+                                **node.plugin_args}  # fmt:skip
 
 
 def _configure_nipype_workers(work_dir, verbosity):
@@ -245,7 +272,7 @@ def _configure_nipype_workers(work_dir, verbosity):
     $NIPYPE_CONFIG_DIR (a folder the user set already is left alone)."""
     folder = Path(work_dir) / "nipype_config"
     folder.mkdir(parents=True, exist_ok=True)
-    level = "INFO" if verbosity else "WARNING"
+    level = "INFO" if verbosity > 0 else "WARNING"
     (folder / "nipype.cfg").write_text(
         f"[logging]\nworkflow_level = {level}\ninterface_level = WARNING\nutils_level = WARNING\n"
     )
@@ -269,13 +296,15 @@ def _error(message):
 
 
 def _setup_logging(verbosity):
-    """Our messages at INFO (DEBUG with -vv) on stderr; Nipype's own chatter only with -v."""
+    """Our messages at INFO (WARNING with -q, DEBUG with -vv) on stderr; Nipype's own chatter
+    only with -v."""
     if not any(getattr(h, "_bids_qsm", False) for h in logger.handlers):
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
         handler._bids_qsm = True
         logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO)
+    levels = {-1: logging.WARNING, 0: logging.INFO, 1: logging.INFO}
+    logger.setLevel(levels.get(verbosity, logging.DEBUG))
 
 
 if __name__ == "__main__":

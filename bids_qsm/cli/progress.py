@@ -1,0 +1,147 @@
+"""What a run is doing: one line per finished stage of each MEGRE run, and a closing summary.
+
+Nipype calls `Progress` for every node it starts, finishes or loses (its `status_callback`,
+which every plugin but the *Graph ones offers). Lines go to the `bids_qsm.progress` logger, so
+`-q` (WARNING) silences them; with `-v` the plumbing nodes and the sinks get a line too.
+"""
+
+import logging
+import time
+from pathlib import Path
+
+logger = logging.getLogger("bids_qsm.progress")
+
+# node name -> what the line calls it (nodes not named here are plumbing: shown with -v)
+STAGES = {
+    "phase_units": "phase scaling",
+    "mask": "brain mask",
+    "unwrap": "phase unwrapping",
+    "combine": "field fit",
+    "relaxometry": "R2*/T2* fit",
+    "background": "background removal",
+    "invert": "dipole inversion",
+    "reference": "referencing",
+    "swi": "SWI",
+    "figures": "figures",
+}
+
+
+class Progress:
+    """Nipype status callback that reports per MEGRE run, e.g.
+    `sub-01 ses-1: background removal done, 4.1 s`.
+
+    runs: the runs being processed (anything with `prefix`, e.g. `sub-01_ses-1`, and `subject`);
+    verbosity: 0 stages only, 1 and more every node. A node finished by an earlier run into the
+    same work directory is reported as reused.
+    """
+
+    def __init__(self, runs, *, verbosity=0):
+        self.runs = list(runs)
+        self.verbosity = verbosity
+        self.started = time.time()
+        self.failed = {}  # run prefix -> stages that failed
+        self.finished = {}  # run prefix -> number of nodes finished (computed or reused)
+        self.reused = {}  # run prefix -> number of nodes reused from the work directory
+        # graph names that belong to one run (base.py names them after the run's prefix)
+        self._names = {}
+        for run in self.runs:
+            key = run.prefix.replace("-", "_")
+            self._names[run.prefix] = {
+                f"qsm_{key}_wf", f"ds_{key}_wf", f"ds_roi_{key}_wf", f"labels_{key}",
+                f"roistats_{key}",
+            }  # fmt:skip
+        self._owner = {name: prefix for prefix, names in self._names.items() for name in names}
+
+    def __call__(self, node, status):
+        if status == "start":
+            return
+        prefix = self._run_of(node)
+        if prefix is None:
+            return
+        stage = STAGES.get(node.name)
+        if node.name.startswith("labels_"):
+            stage = "labels"
+        elif node.name.startswith("roistats_"):
+            stage = "region statistics"
+        label = prefix.replace("_", " ")
+        what = stage or node.fullname.split(".", 1)[-1]
+        if status == "exception":
+            self.failed.setdefault(prefix, []).append(what)
+            logger.warning("%s: %s failed", label, what)
+            return
+        self.finished[prefix] = self.finished.get(prefix, 0) + 1
+        seconds, reused = _timing(node, self.started)
+        self.reused[prefix] = self.reused.get(prefix, 0) + reused
+        if stage is None and self.verbosity < 1:
+            return
+        if reused:
+            logger.info("%s: %s reused from the work directory", label, what)
+        elif seconds is None:
+            logger.info("%s: %s done", label, what)
+        else:
+            logger.info("%s: %s done, %.1f s", label, what, seconds)
+
+    def _run_of(self, node):
+        names = [*node._hierarchy.split("."), node.name] if node._hierarchy else [node.name]
+        for name in names:
+            if name in self._owner:
+                return self._owner[name]
+        return None
+
+    def summary(self, output_dir, failures=()):
+        """Log what each run wrote and which failed; returns the prefixes of the failed runs.
+
+        failures: the run's failure lines (one per crash file), which name the failed node and
+        cover the *Graph plugins, whose jobs never call back.
+        """
+        output_dir = Path(output_dir)
+        failed = []
+        elapsed = time.time() - self.started
+        for run in self.runs:
+            label = run.prefix.replace("_", " ")
+            stages = list(self.failed.get(run.prefix, []))
+            for line in failures:
+                node = line.split(" failed", 1)[0].split(".")
+                if self._names[run.prefix].intersection(node):
+                    stages.append(STAGES.get(node[-1], node[-1]))
+            folder = output_dir / f"sub-{run.subject}"
+            written = sorted(folder.rglob(f"{run.prefix}_*")) if folder.is_dir() else []
+            chimap = any(p.name.endswith("_Chimap.nii.gz") for p in written)
+            if stages or not chimap:
+                failed.append(run.prefix)
+                reason = ", ".join(dict.fromkeys(stages)) or "no Chimap written"
+                logger.warning("summary: %s failed (%s); %d file(s) written", label, reason,
+                               len(written))  # fmt:skip
+                continue
+            reused = self.reused.get(run.prefix, 0)
+            logger.info(
+                "summary: %s: %d file(s) in %s%s", label, len(written),
+                _common_folder(written, output_dir),
+                f" ({reused} of {self.finished[run.prefix]} steps reused)" if reused else "",
+            )  # fmt:skip
+        logger.info(
+            "summary: %d of %d run(s) written, %d failed, in %.0f s",
+            len(self.runs) - len(failed), len(self.runs), len(failed), elapsed,
+        )  # fmt:skip
+        return failed
+
+
+def _timing(node, started):
+    """(seconds the node's interface ran, or None; whether its result predates this run)."""
+    result_file = Path(node.output_dir()) / f"result_{node.name}.pklz"
+    try:
+        reused = result_file.stat().st_mtime < started
+    except OSError:
+        reused = False
+    try:
+        seconds = node.result.runtime.duration
+    except Exception:  # noqa: BLE001 - a result without timing still gets its line
+        seconds = None
+    return seconds, reused
+
+
+def _common_folder(paths, root):
+    folders = {p.parent for p in paths if p.parent.name != "figures"}
+    if len(folders) == 1:
+        return str(folders.pop())
+    return str(root)
