@@ -28,6 +28,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from numba import njit, prange
 from scipy.spatial.transform import Rotation
 
 from bids_qsm import __version__
@@ -273,10 +274,12 @@ def _grid(shape, vox_to_head, lo, hi):
     return tuple(m[r, 0] * i + m[r, 1] * j + m[r, 2] * k + m[r, 3] for r in range(3))
 
 
-def paint(shape, vox_to_head, structures):
-    """Tissue index (into `_CODES`, uint8) of each voxel: the structures painted in order."""
-    index = np.zeros(shape, np.uint8)
-    to_index = {int(c): i for i, c in enumerate(_CODES)}
+def paint(shape, vox_to_head, structures, *, index=None, codes=_CODES):
+    """Tissue index (into `codes`, uint8) of each voxel: the structures painted in order, on a
+    new grid of `shape` or over an existing `index`."""
+    if index is None:
+        index = np.zeros(shape, np.uint8)
+    to_index = {int(c): i for i, c in enumerate(codes)}
     head_to_vox = np.linalg.inv(vox_to_head)
     reach = np.linalg.norm(head_to_vox[:3, :3], axis=1)
     for label, region, within in structures:
@@ -288,12 +291,17 @@ def paint(shape, vox_to_head, structures):
         box = index[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
         hit = region.inside(*_grid(shape, vox_to_head, lo, hi))
         if within is not None:
-            hit &= np.isin(box, [to_index[w] for w in within])
+            hit &= np.isin(box, [to_index[w] for w in within if w in to_index])
         box[hit] = to_index[label]
-    x = _grid(shape, vox_to_head, (0, 0, 0), shape)[0]
+    return index
+
+
+def _split_hemispheres(index, vox_to_head):
+    """Relabel, in place, the left labels of `LEFT_TO_RIGHT` painted at x > 0 (head frame)."""
+    to_index = {int(c): i for i, c in enumerate(_CODES)}
+    x = _grid(index.shape, vox_to_head, (0, 0, 0), index.shape)[0]
     for left, right in LEFT_TO_RIGHT.items():
         index[(index == to_index[left]) & (x > 0)] = to_index[right]
-    return index
 
 
 def _block_sum(a, k, dtype=np.float32):
@@ -381,32 +389,100 @@ def simulate_head(
     size, pose and gyri from (seed, subject, session); lesions: paint the clinical findings of
     `bids_qsm.phantom_lesions` too. Returns a `PhantomScan`.
     """
-    te = np.asarray(echo_times, dtype=np.float64)
     k = int(oversample)
     anatomy = np.random.default_rng([seed, subject]) if subject else None
     rng = np.random.default_rng([seed, subject, session, 1])
     affine = acquisition_affine(shape, voxel_size, tilt_deg)
     pose = _head_pose(tilt_deg, anatomy, rng if subject else None)
-    fine = np.eye(4)
-    fine[:3, :3] /= k
-    fine[:3, 3] = (1 / k - 1) / 2
     fine_shape = tuple(int(n) * k for n in shape)
     folds = (0.3, 1.1, 2.0) if anatomy is None else anatomy.uniform(0, 2 * np.pi, 3)
     structures = head_structures(folds) + (lesion_structures() if lesions else [])
-    index = paint(fine_shape, np.linalg.inv(pose) @ affine @ fine, structures)
+    vox_to_head = np.linalg.inv(pose) @ affine @ fine_grid(k)
+    index = paint(fine_shape, vox_to_head, structures)
+    _split_hemispheres(index, vox_to_head)
+    return acquire_scan(
+        index,
+        _CODES,
+        chi=_CHI[index],
+        r2star=_R2STAR[index],
+        pd=_PD[index],
+        brain_labels=_INTRACRANIAL,
+        affine=affine,
+        oversample=k,
+        echo_times=echo_times,
+        b0=b0,
+        snr=snr,
+        rng=rng,
+        phase_units=phase_units,
+    )
 
+
+def fine_grid(k):
+    """4x4 fine voxel -> acquired voxel of a grid `k` times finer (block centres agree)."""
+    fine = np.eye(4)
+    fine[:3, :3] /= k
+    fine[:3, 3] = (1 / k - 1) / 2
+    return fine
+
+
+def polynomial_offset(shape, rng):
+    """The receive phase (rad) common to all echoes: a random second-order polynomial across
+    the grid, a few radians end to end; its curvature may vanish (then it is harmonic)."""
+    coefficients = [rng.uniform(-np.pi, np.pi), *rng.uniform(-0.8, 0.8, 3)]
+    return _smooth_polynomial(shape, [*coefficients, *rng.uniform(-0.4, 0.4, 6)])
+
+
+def curved_offset(shape, rng):
+    """`polynomial_offset` whose three square terms share one sign, 0.5 to 1 rad each: its
+    Laplacian never vanishes, so no harmonic (background field) model can absorb it."""
+    coefficients = [rng.uniform(-np.pi, np.pi), *rng.uniform(-0.8, 0.8, 3)]
+    squares = rng.choice([-1.0, 1.0]) * rng.uniform(0.5, 1.0, 3)
+    return _smooth_polynomial(shape, [*coefficients, *rng.uniform(-0.4, 0.4, 3), *squares])
+
+
+def acquire_scan(
+    index,
+    codes,
+    *,
+    chi,
+    r2star,
+    pd,
+    brain_labels,
+    affine,
+    oversample,
+    echo_times,
+    b0,
+    snr,
+    rng,
+    phase_units="rad",
+    offset=polynomial_offset,
+    label_names=None,
+):
+    """The MEGRE run of a head painted on a fine grid, and its truth on the acquired grid.
+
+    index: uint8 tissue index into `codes` (labels) on the grid `oversample` (k) times finer
+    than the acquired grid of `affine` (voxel -> scanner mm, B0 along scanner z; fine voxel ->
+    acquired voxel by `fine_grid(k)`); chi (ppm vs water), r2star (1/s), pd: float32 per fine
+    voxel, overwritten here. brain_labels: the labels that make the brain mask; the field of
+    their sources is the local field. echo_times: s; b0: T; snr: mean brain magnitude of echo 1
+    over the noise sigma (inf: no noise); rng: numpy Generator (offset, receive bias, noise);
+    offset(fine shape, rng): the phase (rad) common to all echoes; label_names: {label: name}
+    (default: `TISSUES`). Returns a `PhantomScan`.
+    """
+    te = np.asarray(echo_times, dtype=np.float64)
+    k = int(oversample)
+    voxel_size = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
     b0_dir = b0_direction(affine)
-    chi = _CHI[index]
-    inner = np.isin(index, np.flatnonzero(~np.isin(_CODES, NON_BRAIN)))  # intracranial
-    labels = _CODES[_block_majority(index, k)]
-    mask = ~np.isin(labels, NON_BRAIN)
+    inner = np.isin(index, np.flatnonzero(np.isin(codes, brain_labels)))  # the brain's sources
+    labels = codes[_block_majority(index, k)]
+    mask = np.isin(labels, brain_labels)
     if mask[[0, -1]].any() or mask[:, [0, -1]].any() or mask[:, :, [0, -1]].any():
         logger.warning("the field of view cuts the brain: enlarge --shape or --voxel-size")
-    # truth inside the mask averages the intracranial fine voxels only: bone partial volume at
+    # truth inside the mask averages the brain's fine voxels only: bone partial volume at
     # the edge belongs to the background, as for any background field removal
     count = np.maximum(_block_sum(inner, k), 1)
     chi_acq = np.where(mask, _block_sum(chi * inner, k) / count, _block_mean(chi, k))
-    r2star_acq = np.where(mask, _block_sum(_R2STAR[index] * inner, k) / count, 0).astype(np.float32)
+    r2star_acq = np.where(mask, _block_sum(r2star * inner, k) / count, 0).astype(np.float32)
 
     # The brain's own field is made on the acquired grid from the true chi, as the pipeline
     # models it, so that the stored local field is exactly the local part of the data (a field
@@ -415,60 +491,80 @@ def simulate_head(
     # dephase within a voxel; inside the mask they see water.
     hz = np.float32(hz_per_ppm(b0))
     local_hz = forward_field(chi_acq * mask, voxel_size, b0_dir) * hz
-    within = _upsample(mask, k)
-    field_hz = (
-        forward_field(
-            np.where(within, np.float32(0), chi) - np.float32(CHI_AIR),  # the zero padding is air
-            np.asarray(voxel_size) / k,
-            b0_dir,
-            pad=tuple(n // 8 for n in fine_shape),
-        )
-        * hz
-    )
+    chi[_upsample(mask, k)] = 0
+    chi -= np.float32(CHI_AIR)  # the zero padding is air
+    field_hz = forward_field(chi, voxel_size / k, b0_dir, pad=tuple(n // 8 for n in index.shape))
+    field_hz *= hz
+    del chi
     field_hz += _upsample(local_hz, k)
-    del within
-    _shim(field_hz, inner, affine @ fine)
-    offset = _smooth_polynomial(
-        fine_shape,
-        [rng.uniform(-np.pi, np.pi), *rng.uniform(-0.8, 0.8, 3), *rng.uniform(-0.4, 0.4, 6)],
-    )
-    bias = np.exp(_smooth_polynomial(fine_shape, [0.0, *rng.uniform(-0.15, 0.15, 3)]))
-    pd, r2star = _PD[index] * bias, _R2STAR[index]
-    del bias
-    signal = np.empty((*shape, te.size), np.complex64)
-    for n, t in enumerate(te):
-        decay = pd * np.exp(-r2star * np.float32(t))
-        phase = np.float32(2 * np.pi * t) * field_hz + offset
-        # the complex mean over each block: partial volume and intravoxel dephasing
-        signal[..., n].real = _block_mean(decay * np.cos(phase), k)
-        signal[..., n].imag = _block_mean(decay * np.sin(phase), k)
+    _shim(field_hz, inner, affine @ fine_grid(k))
+    del inner
+    phase_offset = offset(index.shape, rng)
+    pd *= np.exp(_smooth_polynomial(index.shape, [0.0, *rng.uniform(-0.15, 0.15, 3)]))
+    # the complex mean over each block: partial volume and intravoxel dephasing
+    signal = _block_signal(pd, r2star, field_hz, phase_offset, te, k)
     field_acq = _block_mean(field_hz, k)
-    del chi, field_hz, pd, r2star, index, inner
+    offset_acq = _block_mean(phase_offset, k)
+    del field_hz, pd, r2star, phase_offset
 
     sigma = float(np.abs(signal[..., 0])[mask].mean() / snr) if np.isfinite(snr) else 0.0
     noise = rng.standard_normal((2, *signal.shape), dtype=np.float32) * np.float32(sigma)
     signal += noise[0] + 1j * noise[1]
+    del noise
     phase = np.angle(signal)  # float32 in [-pi, pi]; +pi -> -pi, in float32
     phase[phase >= np.float32(np.pi)] = -np.float32(np.pi)
     local_hz *= mask
     if phase_units == "siemens":
         phase = np.clip(np.round(phase / np.pi * 4096), -4096, 4095).astype(np.int16)
+    names = {int(c): TISSUES[int(c)][0] for c in codes if int(c) in TISSUES}
     return PhantomScan(
         magnitude=np.abs(signal).astype(np.float32),
         phase=phase,
         echo_times=te,
         b0=float(b0),
-        affine=affine,
-        chi=chi_acq,
+        affine=np.asarray(affine, dtype=float),
+        chi=chi_acq.astype(np.float32),
         labels=labels,
         mask=mask,
         r2star=r2star_acq,
         field_hz=field_acq,
         local_field_hz=local_hz.astype(np.float32),
-        phase_offset=_block_mean(offset, k),
+        phase_offset=offset_acq,
         noise_sigma=sigma,
         phase_units="arbitrary" if phase_units == "siemens" else "rad",
+        label_names={**names, **(label_names or {})},
     )
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _block_signal(pd, r2star, field_hz, offset, echo_times, k):
+    """Complex mean over each k x k x k block of PD exp(-R2* TE) exp(i (2 pi f TE + offset))
+    at each echo time (s): (X, Y, Z, N) complex64 from fine-grid float32 maps."""
+    nx, ny, nz = pd.shape[0] // k, pd.shape[1] // k, pd.shape[2] // k
+    n_te = echo_times.size
+    out = np.zeros((nx, ny, nz, n_te), np.complex64)
+    scale, two_pi = np.float32(1.0 / k**3), np.float32(2 * np.pi)
+    for i in prange(nx):
+        re = np.zeros(n_te, np.float32)
+        im = np.zeros(n_te, np.float32)
+        for j in range(ny):
+            for m in range(nz):
+                re[:] = 0
+                im[:] = 0
+                for a in range(i * k, i * k + k):
+                    for b in range(j * k, j * k + k):
+                        for c in range(m * k, m * k + k):
+                            if pd[a, b, c] == 0:  # air and bone: no signal
+                                continue
+                            for n in range(n_te):
+                                t = np.float32(echo_times[n])
+                                decay = pd[a, b, c] * np.exp(-r2star[a, b, c] * t)
+                                phase = two_pi * t * field_hz[a, b, c] + offset[a, b, c]
+                                re[n] += decay * np.cos(phase)
+                                im[n] += decay * np.sin(phase)
+                for n in range(n_te):
+                    out[i, j, m, n] = complex(re[n] * scale, im[n] * scale)
+    return out
 
 
 README = """Simulated multi-echo GRE head scans written by bids_qsm-phantom.
