@@ -45,7 +45,7 @@ def lesion_rims(
     ring_mm=(3.0, 8.0),
     n_sectors=16,
     min_sector_voxels=2,
-    min_rim_contrast_ppm=0.02,
+    min_rim_contrast_ppm=0.015,
     noise_factor=2.0,
     min_fraction=2 / 3,
     min_diameter_mm=3.0,
