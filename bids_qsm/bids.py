@@ -23,6 +23,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from bids_qsm.interfaces.nifti import volumes_hint
+
 logger = logging.getLogger(__name__)
 
 SUFFIXES = ("MEGRE", "T2starw")
@@ -557,6 +559,9 @@ def _echo_time(path: Path, meta: dict, echo, problem) -> float | None:
 
 
 def _check_echo_times(echoes: list, problem) -> None:
+    """Echo times must differ, and rise with the echo number where echoes are numbered:
+    converters number echoes in order of acquisition, so a later echo with an earlier time is
+    a sidecar copied or edited by mistake, and its phase would be fitted at the wrong time."""
     seen = {}
     for te, label, echo in sorted(echoes, key=_echo_order):
         main = echo.magnitude or echo.real
@@ -566,6 +571,17 @@ def _check_echo_times(echoes: list, problem) -> None:
                 f"EchoTime {te} s of {_echo_name(label)} repeats that of {seen[te].name}",
             )
         seen[te] = main
+    numbered = [(int(label), te, echo) for te, label, echo in echoes if label and label.isdigit()]
+    if len(numbered) < len(echoes):
+        return
+    numbered.sort(key=lambda item: item[0])
+    for (n0, te0, _), (n1, te1, echo1) in zip(numbered, numbered[1:], strict=False):
+        if te1 < te0:
+            problem(
+                _sidecar(echo1.magnitude or echo1.real),
+                f"EchoTime {te1} s of echo {n1} is earlier than {te0} s of echo {n0}; echoes "
+                "are numbered in order of acquisition, so a sidecar is wrong",
+            )
 
 
 def _field_strength(values: dict, problem) -> float | None:
@@ -623,7 +639,7 @@ def _check_geometry(echoes: list[Echo], problem) -> None:
                 problem(path, f"cannot read NIfTI: {err}")
                 continue
             if len(shape) != 3:
-                problem(path, f"expected a 3-D image, found shape {shape}")
+                problem(path, f"expected a 3-D image, found shape {shape}: {volumes_hint(shape)}")
                 continue
             if reference is None:
                 reference = (path, shape, affine)
@@ -643,16 +659,30 @@ class _Unreadable(Exception):
 
 
 def _read_header(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
-    """Shape and affine from the header; a truncated file is caught without reading its data."""
+    """Shape and affine from the header; a truncated file is caught without reading its data.
+    Trailing dimensions of length 1 are dropped (some converters write x*y*z*1)."""
+    try:
+        empty = path.stat().st_size == 0
+    except OSError as err:
+        if path.is_symlink():  # e.g. a DataLad / git-annex file whose content was not fetched
+            raise _Unreadable("broken symbolic link (content not fetched? datalad get)") from None
+        raise _Unreadable(err.strerror or type(err).__name__) from None
+    if empty:
+        raise _Unreadable("the file is empty (0 bytes)")
     try:
         img = nib.load(path)
         shape, affine = tuple(int(n) for n in img.shape), np.asarray(img.affine, dtype=float)
+    except Exception as err:  # nibabel raises many kinds on damaged files
+        raise _Unreadable(f"not a NIfTI image ({_one_line(err)})") from None
+    try:
         expected = int(img.dataobj.offset) + int(np.prod(shape)) * img.get_data_dtype().itemsize
     except Exception as err:  # nibabel raises many kinds on damaged files
         raise _Unreadable(_one_line(err)) from None
     size = _data_size(path, expected)
     if size < expected:
         raise _Unreadable(f"file holds {size} bytes, the header needs {expected} (truncated?)")
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
     return shape, affine
 
 

@@ -86,11 +86,20 @@ def test_acq_and_run_entities_make_separate_runs(ds):
     assert [len(r.echoes) for r in runs] == [3, 3, 2]
 
 
-def test_echoes_are_ordered_by_echo_time_not_label(ds):
-    files = add_run(ds, echo_times=(0.012, 0.004, 0.008))
+def test_echoes_are_ordered_by_echo_time_not_label_text(ds):
+    files = add_run(ds, echo_times=tuple(0.002 * n for n in range(1, 11)))
     (run,), _ = collect_runs(ds)
-    assert run.echo_times == (0.004, 0.008, 0.012)
-    assert [e.magnitude for e in run.echoes] == [files[(k, "mag")] for k in ("2", "3", "1")]
+    assert run.echo_times == tuple(sorted(run.echo_times))
+    assert [e.magnitude for e in run.echoes] == [files[(str(n), "mag")] for n in range(1, 11)]
+
+
+def test_echo_numbers_out_of_echo_time_order_are_refused(ds):
+    files = add_run(ds, echo_times=(0.004, 0.012, 0.008))
+    runs, problems = collect_runs(ds)
+    assert runs == []
+    problem = only_problem(problems)
+    assert problem.path == sidecar_of(files[("3", "mag")])
+    assert "EchoTime 0.008 s of echo 3 is earlier than 0.012 s of echo 2" in problem.message
 
 
 @pytest.mark.parametrize("label", [["02"], ["sub-02"], "sub-02"])

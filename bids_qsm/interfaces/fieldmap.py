@@ -14,6 +14,7 @@ from bids_qsm.interfaces.nifti import (
     captured_warnings,
     geometry,
     load,
+    load_input,
     load_mask,
     run_stage,
     save_like,
@@ -82,7 +83,7 @@ class LoadEchoes(SimpleInterface):
             units = self.inputs.sidecar_units
         if self.inputs.real:
             pairs = [
-                complex_to_polar(load(r)[0], load(i)[0])
+                complex_to_polar(load_input(r, part="real")[0], load_input(i, part="imag")[0])
                 for r, i in zip(self.inputs.real, self.inputs.imag, strict=True)
             ]
             magnitude = np.stack([m for m, _ in pairs], axis=-1)
@@ -90,10 +91,16 @@ class LoadEchoes(SimpleInterface):
             units = "rad"
             ref = load(self.inputs.real[0])[1]
         else:
-            magnitude = np.stack([load(f)[0] for f in self.inputs.magnitude], axis=-1)
             with captured_warnings() as warnings:
+                magnitude = np.stack(
+                    [load_input(f, part="mag")[0] for f in self.inputs.magnitude], axis=-1
+                )
                 phase = np.stack(
-                    [scale_phase(load(f)[0], units=units) for f in self.inputs.phase], axis=-1
+                    [
+                        scale_phase(load_input(f, part="phase", units=units)[0], units=units)
+                        for f in self.inputs.phase
+                    ],
+                    axis=-1,
                 )
             self._results["warnings"] = sorted(set(warnings), key=warnings.index)
             ref = load(self.inputs.phase[0])[1]

@@ -1,4 +1,10 @@
-"""File plumbing shared by the interfaces: NIfTI in and out, grid geometry, stage parameters."""
+"""File plumbing shared by the interfaces: NIfTI in and out, grid geometry, stage parameters.
+
+`load_input` reads a run's own images (the BIDS dataset's, not our intermediates) and refuses,
+in one line naming the file, what no later stage could make sense of: an unreadable file,
+stacked echoes or coil channels, a volume of NaN or infinities, a magnitude without signal, a
+phase that is constant or outside every known scaling.
+"""
 
 import inspect
 import logging
@@ -9,6 +15,105 @@ import nibabel as nb
 import numpy as np
 
 from bids_qsm.qsm.dipole import b0_direction, voxel_sizes
+
+# Receive arrays have 8 to 64 (and more) channels; no MEGRE protocol has that many echoes.
+_COIL_COUNTS = range(8, 129)
+_MAX_ECHOES = 16
+_MAX_NONFINITE = 0.5  # fraction of NaN/Inf voxels beyond which a volume is not data
+_MAX_NEGATIVE = 0.05  # fraction of negative voxels a magnitude may show (interpolation ringing)
+_RAD_LIMIT = 2 * np.pi + 1e-3  # radians come in [-pi, pi) or [0, 2 pi)
+
+logger = logging.getLogger(__name__)
+
+
+class InputDataError(ValueError):
+    """An input image that cannot be processed; ``str()`` is one line that names the file."""
+
+
+def load_input(path, *, part, units="auto"):
+    """(data, image) of one echo's input image, float32, checked.
+
+    part: "mag", "phase", "real" or "imag"; units: the phase scaling that will be applied
+    ("rad" refuses values beyond +-2 pi). Trailing singleton dimensions are dropped. A volume
+    with a few NaN/Inf voxels is accepted (they are missing data: 0 in a magnitude, see
+    `scale_phase` for the phase), one that is mostly NaN/Inf is not.
+    Raises InputDataError with one line naming the file.
+    """
+    try:
+        img = nb.load(path)
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as err:  # nibabel, gzip and zlib raise many kinds on damaged files
+        raise InputDataError(f"{path}: cannot read NIfTI: {_one_line(err)}") from None
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputDataError(
+            f"{path}: expected a 3-D image, found shape {data.shape}: {volumes_hint(data.shape)}"
+        )
+    check_volume(data, path=path, part=part, units=units)
+    if part == "mag" and not np.isfinite(data).all():
+        data = np.where(np.isfinite(data), data, np.float32(0))
+    return data, img
+
+
+def volumes_hint(shape):
+    """What the volumes of an image of more than three dimensions probably are, and what to do."""
+    shape = tuple(int(n) for n in shape)
+    volumes = int(np.prod(shape[3:]))
+    if len(shape) > 4 or volumes in _COIL_COUNTS and volumes > _MAX_ECHOES:
+        return (
+            f"{volumes} volumes look like uncombined receive-coil channels; combine the coils "
+            "first (the scanner's adaptive combine, or e.g. MCPC-3D-S for the phase) and write "
+            "one 3-D image per echo"
+        )
+    return (
+        f"{volumes} volumes stacked in one file (echoes?); write one 3-D image per echo, named "
+        "echo-<n>, each with its own EchoTime"
+    )
+
+
+def check_volume(data, *, path, part, units="auto"):
+    """Refuse (InputDataError, one line naming `path`) a volume that cannot be this part."""
+    finite = np.isfinite(data)
+    bad = data.size - int(np.count_nonzero(finite))
+    if bad == data.size:
+        raise InputDataError(f"{path}: every voxel is NaN or infinite")
+    if bad > _MAX_NONFINITE * data.size:
+        raise InputDataError(
+            f"{path}: {100 * bad / data.size:.0f} % of the voxels are NaN or infinite"
+        )
+    values = data if bad == 0 else data[finite]
+    vmin, vmax = float(values.min()), float(values.max())
+    if bad and part == "mag":
+        logger.warning("%s: %d NaN/infinite voxels taken as 0", path, bad)
+    if vmin == vmax == 0:
+        what = "no signal" if part in ("mag", "real", "imag") else "not a phase image"
+        raise InputDataError(f"{path}: every voxel is 0 ({what})")
+    if part == "mag":
+        negative = int(np.count_nonzero(values < 0))
+        if negative > _MAX_NEGATIVE * values.size:
+            raise InputDataError(
+                f"{path}: {100 * negative / values.size:.0f} % of the voxels are negative (down "
+                f"to {vmin:.4g}): not a magnitude image; is it a phase or real part?"
+            )
+        if vmax <= 0:
+            raise InputDataError(f"{path}: no positive voxel (no signal)")
+    if part == "phase":
+        if vmin == vmax:
+            raise InputDataError(
+                f"{path}: every voxel is {vmin:.6g}: a constant image is not a phase image"
+            )
+        if units == "rad" and max(-vmin, vmax) > _RAD_LIMIT:
+            raise InputDataError(
+                f"{path}: values span [{vmin:.6g}, {vmax:.6g}], beyond any range of radians; "
+                'if the phase is vendor-scaled, set its sidecar\'s Units to "arbitrary" (or '
+                "pass --phase-units arbitrary)"
+            )
+
+
+def _one_line(err):
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
 
 
 def load(path, dtype=np.float32):
