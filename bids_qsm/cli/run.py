@@ -4,12 +4,16 @@ Exit codes (DESIGN.md): 0 done; 1 processing failed; 2 usage; 16 BIDS validation
 18 selection found nothing; 66 required input missing or unreadable.
 """
 
+import errno
 import logging
 import os
 import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 EX_OK, EX_FAILED, EX_USAGE, EX_INVALID, EX_NOSELECTION, EX_NOINPUT = 0, 1, 2, 16, 18, 66
 
@@ -17,7 +21,35 @@ logger = logging.getLogger("bids_qsm")
 
 
 def main(argv=None) -> int:
-    """Entry point of the `bids_qsm` command."""
+    """Entry point of the `bids_qsm` command: an exit code, and one line per problem found
+    (never a traceback: `-vv` logs one for what we did not foresee)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    except Exception as err:  # noqa: BLE001 - the last resort, see the docstring
+        logger.debug("unexpected error", exc_info=True)
+        _error(_unexpected(err))
+        return EX_FAILED
+
+
+def _unexpected(err):
+    """One line for an error no check foresaw: a folder or a disk, else a bug to report."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        where = f" writing {err.filename}" if err.filename else ""
+        return (
+            f"no space left on the device{where}; free some, or point OUTPUT_DIR, --work-dir "
+            "and TMPDIR to a disk with space"
+        )
+    if isinstance(err, OSError) and err.filename:
+        return f"{err.filename}: {err.strerror or type(err).__name__}"
+    text = " ".join(str(err).split())
+    return f"unexpected {type(err).__name__}: {text} (rerun with -vv for details, and report it)"
+
+
+def _main(argv):
+    from bids_qsm._environment import EnvironmentProblem, check_environment, short_socket_folder
     from bids_qsm.cli.parser import parse_args
 
     try:
@@ -25,6 +57,12 @@ def main(argv=None) -> int:
     except SystemExit as stop:  # argparse: --help, --version, or a usage error
         return stop.code if isinstance(stop.code, int) else EX_USAGE
     _setup_logging(verbosity)
+    try:
+        check_environment()
+        short_socket_folder()
+    except EnvironmentProblem as err:
+        _error(str(err))
+        return EX_FAILED
     exe = settings.execution
     if exe.analysis_level == "group":
         return _run_group(settings)
@@ -37,6 +75,9 @@ def main(argv=None) -> int:
     from bids_qsm.bids import SelectionError, collect_runs
 
     exe.work_dir = exe.work_dir or Path(tempfile.gettempdir()) / "bids_qsm_work"
+    code = _check_folder(exe.work_dir, "the work directory (--work-dir)")
+    if code:
+        return code
     try:
         runs, problems = collect_runs(
             exe.bids_dir,
@@ -61,6 +102,9 @@ def main(argv=None) -> int:
 
     from bids_qsm.derivatives import OutputDirError, init_derivatives
 
+    code = _check_folder(exe.output_dir, "OUTPUT_DIR") or _check_space(exe.work_dir, runs)
+    if code:
+        return code
     try:
         init_derivatives(exe.output_dir, bids_dir=exe.bids_dir)
     except (OutputDirError, OSError) as err:
@@ -80,11 +124,44 @@ def main(argv=None) -> int:
     )
     for line in failures:
         _error(line)
-    if failures:
+    if any(_INPUT_FAILURE not in line for line in failures):
         return EX_FAILED
-    if problems:
+    if problems or failures:
         return EX_NOINPUT
     logger.info("done: %d run(s) written to %s", len(runs), exe.output_dir)
+    return EX_OK
+
+
+def _check_folder(folder, what):
+    """EX_FAILED after one line when `folder` (created if missing) cannot take a file."""
+    from bids_qsm._environment import unwritable
+
+    reason = unwritable(Path(folder))
+    if reason:
+        _error(f"cannot write to {what} {folder}: {reason}")
+        return EX_FAILED
+    return EX_OK
+
+
+def _check_space(work_dir, runs):
+    """EX_FAILED after one line when the work directory's disk cannot hold even the smallest
+    run's intermediate images (about 4 float32 volumes per echo and 20 more); a warning when it
+    cannot hold them all. A disk that fills up later fails the runs it stops, each in one line."""
+    need = sorted(
+        4 * int(np.prod(run.grid[0])) * (4 * len(run.echoes) + 20) for run in runs
+    )  # fmt:skip
+    free = shutil.disk_usage(work_dir).free
+    if free < need[0]:
+        _error(
+            f"the work directory {work_dir} has {free / 1e6:.0f} MB free, a run needs about "
+            f"{need[0] / 1e6:.0f} MB; free some space or choose another --work-dir"
+        )
+        return EX_FAILED
+    if free < sum(need):
+        logger.warning(
+            "the work directory %s has %.0f MB free, the runs need about %.0f MB",
+            work_dir, free / 1e6, sum(need) / 1e6,
+        )  # fmt:skip
     return EX_OK
 
 
@@ -216,6 +293,9 @@ def _run_workflow(settings, runs, segmentations, masks, verbosity):
         }
     )
     nipype_logging.update_logging(nipype_config)
+    # a failed node's traceback: its crash file has it, and our summary line names it
+    workflow_log = nipype_logging.getLogger("nipype.workflow")
+    (workflow_log.addFilter if verbosity <= 0 else workflow_log.removeFilter)(_no_node_errors)
     _configure_nipype_workers(exe.work_dir, verbosity)
     workflow = init_bids_qsm_wf(settings, runs, segmentations, masks)
     methods = settings.workflow
@@ -244,7 +324,7 @@ def _run_workflow(settings, runs, segmentations, masks, verbosity):
             plugin["plugin"] = MultiProc(plugin_args=plugin.pop("plugin_args"))
         workflow.run(**plugin)
     except Exception as err:  # noqa: BLE001 - Nipype raises plain RuntimeError on node failures
-        failures = _crash_summaries(crash_dir) or [f"processing failed: {err}"]
+        failures = _crash_summaries(crash_dir, runs) or [f"processing failed: {err}"]
     progress.summary(exe.output_dir, failures)
     return failures
 
@@ -279,16 +359,48 @@ def _configure_nipype_workers(work_dir, verbosity):
     os.environ.setdefault("NIPYPE_CONFIG_DIR", str(folder))
 
 
-def _crash_summaries(crash_dir):
-    """One line per Nipype crash file: which node of which run failed, and the last error line."""
+def _no_node_errors(record):
+    """Logging filter: drop Nipype's ERROR records (node tracebacks), keep the rest."""
+    return record.levelno < logging.ERROR
+
+
+def _crash_summaries(crash_dir, runs=()):
+    """One line per Nipype crash file: which run and step failed, and the last error line.
+
+    An input image refused on loading (`InputDataError`) gets the refusal alone, which names the
+    file, marked by `_INPUT_FAILURE` so that the exit code can tell it from a processing error.
+    """
+    owners = {f"qsm_{run.prefix.replace('-', '_')}_wf": run.prefix for run in runs}
     lines = []
     for crash in sorted(Path(crash_dir).glob("crash-*.txt")):
         text = crash.read_text(errors="replace")
         node = re.search(r"^Node: (\S+)", text, re.MULTILINE)
-        errors = [line for line in text.splitlines() if re.match(r"^\w*(Error|Exception)\b", line)]
-        reason = errors[-1] if errors else "see crash file"
-        lines.append(f"{node[1] if node else crash.name} failed: {reason} (details: {crash})")
+        # the last exception line, nested ones (indented by Nipype) included, module path dropped
+        errors = re.findall(r"^\s*(?:[\w]+\.)*(\w*(?:Error|Exception|Exit)\w*: .*)$", text, re.M)
+        reason = errors[-1].strip() if errors else "see crash file"
+        name = node[1] if node else crash.name
+        run = next((owners[part] for part in name.split(".") if part in owners), None)
+        if reason.startswith("InputDataError: "):
+            lines.append(
+                f"{reason.removeprefix('InputDataError: ')} ({run or name}{_INPUT_FAILURE})"
+            )
+            continue
+        step = f"{run}: {name.rsplit('.', 1)[-1]}" if run else name
+        lines.append(f"{step} failed: {_hint(reason)} (details: {crash})")
     return lines
+
+
+# ends the line of a run refused on loading its images
+_INPUT_FAILURE = " is not processed"
+
+
+def _hint(reason):
+    """The crash's error line, with what to do where the cause is the machine's."""
+    if "No space left on device" in reason:
+        return f"{reason}; free some space, or use a --work-dir on a disk with space"
+    if "MemoryError" in reason or "process running this node died" in reason:
+        return f"{reason}; give the run more memory, or lower --nprocs"
+    return reason
 
 
 def _error(message):
