@@ -115,7 +115,8 @@ def test_rerun_with_the_same_work_dir_resumes(phantom_run, tmp_path):
     assert (
         main([str(bids), str(out), "participant", "-w", str(work), "--skip-bids-validation"]) == 0
     )
-    chi = work / "bids_qsm_wf" / "sub_01_wf" / "qsm_sub_01_wf" / "invert" / "chi.nii"
+    run = work / "bids_qsm_wf" / "sub_01_wf" / "qsm_sub_01_wf"
+    chi = run / "inversion_wf" / "invert" / "chi.nii"
     assert chi.stat().st_mtime < before  # the inversion was not recomputed
 
 

@@ -70,6 +70,9 @@ NODES = (
     "invert",
     "reference",
     "swi",
+    "foci",
+    "veins",
+    "lesions",
     "figures",
 )
 _ENTITIES = ("ses", "acq", "rec", "run")  # after sub-, in BIDS order
@@ -247,14 +250,17 @@ def _node_durations(run_dir):
 
     durations = []
     for node in NODES:
-        result_file = run_dir / node / f"result_{node}.pklz"
+        # the run's stage families are sub-workflows: a node lies one folder down (and two
+        # families may each have one of that name, e.g. figures: their times add up)
+        found = sorted({*run_dir.glob(f"{node}/result_{node}.pklz"),
+                        *run_dir.glob(f"*_wf/{node}/result_{node}.pklz")})  # fmt:skip
         # loadpkl waits (minutes, by Nipype's settings) for a file that does not exist yet.
-        if not result_file.is_file():
-            continue
-        try:
-            seconds = float(loadpkl(result_file).runtime.duration)
-        except Exception as error:  # unpickling can fail in any way (old Nipype, truncated)
-            logger.debug("no timing from %s: %s", result_file, error)
-            continue
-        durations.append((node, seconds))
+        seconds = []
+        for result_file in found:
+            try:
+                seconds.append(float(loadpkl(result_file).runtime.duration))
+            except Exception as error:  # unpickling can fail in any way (old Nipype, truncated)
+                logger.debug("no timing from %s: %s", result_file, error)
+        if seconds:
+            durations.append((node, sum(seconds)))
     return durations
