@@ -61,8 +61,8 @@ def main():
     print(f"pipeline: exit {code}, {wall:.1f} s wall, peak memory {peak_gb:.2f} GB")
     for run in sorted((root / "work" / "bids_qsm_wf").glob("sub_*_wf/qsm_*_wf")):
         for stage in STAGES:
-            result = run / stage / f"result_{stage}.pklz"
-            if result.exists():
+            # stage families are sub-workflows of the run: a node lies one folder down
+            for result in sorted(run.glob(f"*_wf/{stage}/result_{stage}.pklz")):
                 print(f"  {stage:12s} {loadpkl(result).runtime.duration:7.1f} s")
     return code
 

@@ -94,8 +94,8 @@ def _ceiling(true_field_hz, out, work, inversion):
     local = stages / "ceiling_local_field.nii"
     nib.save(nib.Nifti1Image(ppm, true_field_hz.affine), local)
     result = Invert(
-        local_field=str(local), mask=str(stages / "background" / "mask.nii"),
-        brain_mask=str(stages / "mask" / "mask.nii"), echo_times=meta["EchoTime"],
+        local_field=str(local), mask=str(stages / "inversion_wf" / "background" / "mask.nii"),
+        brain_mask=str(stages / "fieldmap_wf" / "mask" / "mask.nii"), echo_times=meta["EchoTime"],
         field_strength=meta["MagneticFieldStrength"], method=inversion,
         params=stage_settings(meta["DipoleInversion"]),
         omp_nthreads=os.cpu_count(),
