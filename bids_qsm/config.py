@@ -61,6 +61,10 @@ class Workflow:
     segmentation_lut: str = "auto"
     registration: str = "rigid"
     roi_erode: int = 0
+    foci: bool = True
+    veins: bool = False
+    lesion_dir: Path | None = None
+    hct: float = 0.40
     parameters: dict = field(default_factory=dict)  # {stage: {parameter: value}}
 
 

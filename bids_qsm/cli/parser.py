@@ -6,7 +6,13 @@ imported here beyond the stages' dispatch tables, whose keys are the method choi
 
 import json
 import re
-from argparse import Action, ArgumentDefaultsHelpFormatter, ArgumentParser, ArgumentTypeError
+from argparse import (
+    Action,
+    ArgumentDefaultsHelpFormatter,
+    ArgumentParser,
+    ArgumentTypeError,
+    BooleanOptionalAction,
+)
 from pathlib import Path
 
 from bids_qsm import __version__
@@ -47,6 +53,10 @@ SETTINGS_OF_ARGUMENT = {
     "segmentation_lut": ("workflow", "segmentation_lut"),
     "registration": ("workflow", "registration"),
     "roi_erode": ("workflow", "roi_erode"),
+    "foci": ("workflow", "foci"),
+    "veins": ("workflow", "veins"),
+    "lesion_dir": ("workflow", "lesion_dir"),
+    "hct": ("workflow", "hct"),
     "nipype_plugin": ("nipype", "plugin"),
     "plugin_args": ("nipype", "plugin_args"),
     "nprocs": ("nipype", "nprocs"),
@@ -378,6 +388,34 @@ def _build_parser(defaults: Settings | None = None) -> ArgumentParser:
         "separated by commas",
     )
 
+    clinical = parser.add_argument_group(
+        "clinical read-outs (research use, no diagnostic claim; see docs/outputs.md)"
+    )
+    clinical.add_argument(
+        "--foci",
+        action=BooleanOptionalAction,
+        help="report microbleed-like (paramagnetic) and calcification-like (diamagnetic) foci",
+    )
+    clinical.add_argument(
+        "--veins",
+        action=BooleanOptionalAction,
+        help="vein mask, venous susceptibility and oxygen saturation",
+    )
+    clinical.add_argument(
+        "--lesion-dir",
+        "--lesion_dir",
+        type=_existing_dir,
+        metavar="DIR",
+        help="BIDS-Derivatives with each subject's *_desc-lesion_mask or *_desc-lesion_dseg"
+        ".nii[.gz] (on the MEGRE grid, or with its *_T1w to register): paramagnetic rims",
+    )
+    clinical.add_argument(
+        "--hct",
+        type=float,
+        metavar="FRACTION",
+        help="haematocrit of the venous oxygen saturation model",
+    )
+
     parser.set_defaults(
         **{
             dest: getattr(getattr(defaults, section), key)
@@ -426,6 +464,8 @@ def parse_args(argv=None) -> tuple[Settings, int]:
             apply_sidecar(settings.workflow, opts.reproduce)
         except ValueError as err:
             parser.error(f"--reproduce: {err}")
+    if not 0.1 <= settings.workflow.hct <= 0.8:
+        parser.error(f"--hct must be a fraction between 0.1 and 0.8, not {settings.workflow.hct}")
     if settings.workflow.reference == "labels" and settings.workflow.segmentation_dir is None:
         parser.error("--reference labels needs --segmentation-dir")
     if settings.nipype.omp_nthreads and settings.nipype.nprocs:
