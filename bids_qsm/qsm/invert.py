@@ -9,6 +9,9 @@ magic-angle cone, so every method regularises:
 - `tikhonov`: closed-form L2 solution with a gradient (or identity) penalty (Bilgic et al. 2014).
 - `tkd`: truncated k-space division (Shmueli et al. 2009; Wharton et al. 2010).
 - `tv`: L1 total variation, ADMM with closed-form Fourier updates (Bilgic et al. 2014).
+- `whqsm`: total variation with a residual harmonic field fitted jointly, for the background
+  that background removal leaves at the brain's edge (Milovic et al. 2019); see
+  `harmonic_inversion.py`.
 
 All methods share `f(local_field_ppm, mask, *, voxel_size, b0_dir, <options>) -> chi_ppm`:
 float32, 0 outside the mask, computed on the mask's bounding box padded with zeros for the FFT.
@@ -26,6 +29,7 @@ from scipy import ndimage
 from . import tgv as _tgv
 from .dipole import dipole_kernel, kspace_grid
 from .fftbox import FFTBox, bounding_box, irfftn, rfftn
+from .harmonic_inversion import wh_qsm
 
 logger = logging.getLogger(__name__)
 
@@ -324,4 +328,5 @@ INVERSIONS = {
     "tikhonov": tikhonov,
     "tkd": tkd,
     "tv": tv,
+    "whqsm": wh_qsm,
 }
