@@ -1,7 +1,9 @@
 """The derivatives dataset's own files: dataset_description.json, .bidsignore, settings."""
 
+import fcntl
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from bids_qsm import __version__
@@ -18,7 +20,12 @@ class OutputDirError(RuntimeError):
 
 
 def init_derivatives(output_dir, *, bids_dir):
-    """Create (or check) the BIDS-Derivatives root and describe how it was generated."""
+    """Create (or check) the BIDS-Derivatives root and describe how it was generated.
+
+    Safe when several participant runs start at once into one folder: the description is
+    written only where there is none (the first run's stays; each is complete when it
+    appears), and .bidsignore lines are added under a file lock.
+    """
     output_dir = Path(output_dir)
     description = output_dir / "dataset_description.json"
     if description.exists():
@@ -28,13 +35,15 @@ def init_derivatives(output_dir, *, bids_dir):
             raise OutputDirError(f"{description}: not valid JSON") from None
         if existing.get("DatasetType") != "derivative":
             raise OutputDirError(f"{description}: not a derivatives dataset; refusing to write")
+        _add_bidsignore(output_dir)
+        return output_dir
     output_dir.mkdir(parents=True, exist_ok=True)
     source_name = _dataset_name(bids_dir)
     generated_by = {"Name": "bids_qsm", "Version": __version__}
     container = _container()
     if container:
         generated_by["Container"] = container
-    _write_json(
+    _write_json_if_absent(
         description,
         {
             "Name": f"bids_qsm derivatives of {source_name}",
@@ -45,13 +54,18 @@ def init_derivatives(output_dir, *, bids_dir):
             "DatasetLinks": {"raw": Path(bids_dir).absolute().as_uri()},
         },
     )
-    ignore = output_dir / ".bidsignore"
-    present = set(ignore.read_text().splitlines()) if ignore.exists() else set()
-    missing = [line for line in BIDSIGNORE if line not in present]
-    if missing:
-        with ignore.open("a") as f:
-            f.write("".join(f"{line}\n" for line in missing))
+    _add_bidsignore(output_dir)
     return output_dir
+
+
+def _add_bidsignore(output_dir):
+    """Add our lines to .bidsignore where missing, under a lock (runs may start together)."""
+    with (output_dir / ".bidsignore").open("a+") as ignore:
+        fcntl.flock(ignore, fcntl.LOCK_EX)
+        ignore.seek(0)
+        present = set(ignore.read().splitlines())
+        missing = [line for line in BIDSIGNORE if line not in present]
+        ignore.write("".join(f"{line}\n" for line in missing))
 
 
 def write_citation(output_dir, *, methods_text, methods):
@@ -69,7 +83,7 @@ def write_citation(output_dir, *, methods_text, methods):
     path.parent.mkdir(parents=True, exist_ok=True)
     text = methods_text.strip() + "\n\n### References\n\n"
     text += "".join(f"- {reference}\n" for reference in references)
-    path.write_text(text)
+    _write_atomic(path, text)
     return path
 
 
@@ -90,7 +104,30 @@ def _container():
     return None
 
 
-def _write_json(path, data):
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+def _write_atomic(path, text):
+    """Write under a temporary name of this process, then move into place: readers see the old
+    file or the new one, never a part, whoever else writes it at the same time."""
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.",
+                                     delete=False) as tmp:  # fmt:skip
+        tmp.write(text)
+    os.replace(tmp.name, path)
+
+
+def _write_json_if_absent(path, data):
+    """Create `path` holding `data` unless it exists (then another run made it first)."""
+    text = json.dumps(data, indent=2) + "\n"
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.",
+                                     delete=False) as tmp:  # fmt:skip
+        tmp.write(text)
+    try:
+        os.link(tmp.name, path)  # atomic, and fails where the file exists
+    except FileExistsError:
+        pass
+    except OSError:  # a file system without hard links: exclusive create instead
+        try:
+            with open(path, "x") as f:
+                f.write(text)
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp.name)

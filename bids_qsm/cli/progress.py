@@ -6,6 +6,8 @@ which every plugin but the *Graph ones offers). Lines go to the `bids_qsm.progre
 """
 
 import logging
+import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -101,9 +103,17 @@ class Progress:
             label = run.prefix.replace("_", " ")
             stages = list(self.failed.get(run.prefix, []))
             for line in failures:
-                node = line.split(" failed", 1)[0].split(".")
-                if self._names[run.prefix].intersection(node):
+                # "sub-01: invert failed: ..." or "bids_qsm_wf.sub_01_wf.qsm_sub_01_wf.invert
+                # failed: ...", or an input refusal that names the run
+                head = line.split(" failed", 1)[0]
+                node = head.rsplit(": ", 1)[-1].split(".")
+                ours = head.startswith(f"{run.prefix}: ") or self._names[run.prefix].intersection(
+                    node
+                )
+                if ours:
                     stages.append(STAGES.get(node[-1], node[-1]))
+                elif re.search(rf"(?<![\w-]){re.escape(run.prefix)}(?![\w-])", line):
+                    stages.append("input")
             folder = output_dir / f"sub-{run.subject}"
             written = sorted(folder.rglob(f"{run.prefix}_*")) if folder.is_dir() else []
             chimap = any(p.name.endswith("_Chimap.nii.gz") for p in written)
@@ -145,3 +155,48 @@ def _common_folder(paths, root):
     if len(folders) == 1:
         return str(folders.pop())
     return str(root)
+
+
+def wait_for_slurm_jobs(batch_dir, *, poll_s=2.0, stuck_polls=5):
+    """Wait while a SLURM job of this run (one whose batch script lies in `batch_dir`) is
+    queued or running, and say how many are left; returns the number of jobs cancelled.
+
+    Nipype's SLURMGraph plugin returns as soon as it has submitted the jobs. A job whose
+    dependency failed waits forever (reason `DependencyNeverSatisfied`, or `Dependency` once
+    nothing else of the run is queued or running): it is cancelled, so the run can end and
+    report the failure.
+    """
+    batch_dir = str(Path(batch_dir).absolute())
+    left, stuck, cancelled = None, 0, 0
+    while True:
+        jobs = _our_jobs(batch_dir)
+        if not jobs:
+            return cancelled
+        if len(jobs) != left:
+            running = sum(state == "RUNNING" for state, _ in jobs.values())
+            logger.info("SLURM: %d job(s) left, %d running", len(jobs), running)
+            left = len(jobs)
+        never = [job for job, (_, reason) in jobs.items() if reason == "DependencyNeverSatisfied"]
+        waiting = all(reason == "Dependency" for _, reason in jobs.values())
+        stuck = stuck + 1 if waiting else 0
+        if never or stuck >= stuck_polls:
+            doomed = never or list(jobs)
+            logger.warning("SLURM: cancelling %d job(s) whose dependencies failed", len(doomed))
+            subprocess.run(["scancel", *doomed], capture_output=True, timeout=60)
+            cancelled += len(doomed)
+            stuck = 0
+        time.sleep(poll_s)
+
+
+def _our_jobs(batch_dir):
+    """{job id: (state, reason)} of this user's jobs whose script lies in `batch_dir`."""
+    listing = subprocess.run(
+        ["squeue", "--me", "--noheader", "--format=%i|%T|%r|%o"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt:skip
+    jobs = {}
+    for line in listing.stdout.splitlines():
+        job, state, reason, command = line.strip().split("|", 3)
+        if command.startswith(batch_dir + "/"):
+            jobs[job] = (state, reason)
+    return jobs
