@@ -93,7 +93,8 @@ def _main(argv):
     if settings.workflow.mask_dir is not None:
         runs = [run for run in runs if run.prefix in masks]
     segmentations, seg_problems = _find_segmentations(settings, runs)
-    problems = [*problems, *mask_problems, *seg_problems]
+    lesions, lesion_problems = _find_lesion_masks(settings, runs)
+    problems = [*problems, *mask_problems, *seg_problems, *lesion_problems]
     for problem in problems:
         _error(str(problem))
     if not runs:
@@ -112,7 +113,7 @@ def _main(argv):
         return EX_FAILED
     settings.to_toml(exe.log_dir / f"config-{exe.run_uuid}.toml")
 
-    failures = _run_workflow(settings, runs, segmentations, masks, verbosity)
+    failures = _run_workflow(settings, runs, segmentations, masks, verbosity, lesions)
     from bids_qsm.reports.assemble import generate_reports
 
     by_subject = {}
@@ -240,6 +241,29 @@ def _find_segmentations(settings, runs):
     return found, problems
 
 
+def _find_lesion_masks(settings, runs):
+    """{run prefix: LesionInput} with --lesion-dir, and one problem per run without (that run is
+    still processed, without the lesion table)."""
+    from bids_qsm.bids import InputProblem
+    from bids_qsm.lesion_masks import find_lesions
+    from bids_qsm.segmentation import SegmentationError
+
+    if settings.workflow.lesion_dir is None:
+        return {}, []
+    found, problems = {}, []
+    for run in runs:
+        shape, affine = run.grid
+        try:
+            found[run.prefix] = find_lesions(
+                settings.workflow.lesion_dir, subject=run.subject, session=run.session,
+                target_shape=shape, target_affine=affine,
+            )  # fmt:skip
+        except SegmentationError as err:
+            message = f"{err.message} (no lesion table for {run.prefix})"
+            problems.append(InputProblem(err.path, run.subject, message))
+    return found, problems
+
+
 def _run_group(settings):
     """Gather every run's region table into one cohort table, with QC and a figure."""
     from bids_qsm.group import bids_subjects, run_group
@@ -261,13 +285,13 @@ def _run_group(settings):
     return EX_OK
 
 
-def _run_workflow(settings, runs, segmentations, masks, verbosity):
+def _run_workflow(settings, runs, segmentations, masks, verbosity, lesions=None):
     """Build and run the graph; one line per failed node (empty when all went well)."""
     from nipype import config as nipype_config
     from nipype import logging as nipype_logging
 
     from bids_qsm.cli.multiproc import MultiProc
-    from bids_qsm.cli.progress import Progress, wait_for_slurm_jobs
+    from bids_qsm.cli.progress import Progress
     from bids_qsm.derivatives import write_citation
     from bids_qsm.workflows.base import init_bids_qsm_wf
 
@@ -297,7 +321,7 @@ def _run_workflow(settings, runs, segmentations, masks, verbosity):
     workflow_log = nipype_logging.getLogger("nipype.workflow")
     (workflow_log.addFilter if verbosity <= 0 else workflow_log.removeFilter)(_no_node_errors)
     _configure_nipype_workers(exe.work_dir, verbosity)
-    workflow = init_bids_qsm_wf(settings, runs, segmentations, masks)
+    workflow = init_bids_qsm_wf(settings, runs, segmentations, masks, lesions)
     methods = settings.workflow
     write_citation(
         exe.output_dir,
@@ -306,6 +330,9 @@ def _run_workflow(settings, runs, segmentations, masks, verbosity):
             "mask": methods.mask, "unwrap": methods.unwrap, "combine": methods.combine,
             "relaxometry": methods.relaxometry, "background": methods.background,
             "inversion": methods.inversion, "reference": methods.reference,
+            **{readout: "default" for readout, used in (
+                ("foci", methods.foci), ("veins", methods.veins), ("lesions", bool(lesions)),
+            ) if used},
         },
     )  # fmt:skip
     logger.info("processing %d run(s) in %s", len(runs), exe.work_dir)
@@ -323,13 +350,10 @@ def _run_workflow(settings, runs, segmentations, masks, verbosity):
         if plugin["plugin"] == "MultiProc":
             plugin["plugin"] = MultiProc(plugin_args=plugin.pop("plugin_args"))
         workflow.run(**plugin)
-        if plugin["plugin"] == "SLURMGraph":  # it returns once the jobs are submitted
-            wait_for_slurm_jobs(Path(workflow.base_dir) / workflow.name / "batch")
-            failures = _crash_summaries(crash_dir, runs)
     except Exception as err:  # noqa: BLE001 - Nipype raises plain RuntimeError on node failures
         failures = _crash_summaries(crash_dir, runs) or [f"processing failed: {err}"]
-    failed = progress.summary(exe.output_dir, failures)
-    return failures or [f"{prefix}: not every output was written" for prefix in failed]
+    progress.summary(exe.output_dir, failures)
+    return failures
 
 
 def _request_resources(workflow, user_args):
@@ -345,8 +369,7 @@ def _request_resources(workflow, user_args):
         if not re.search(r"--cpus-per-task|(^|\s)-c\b", user_args):
             request.append(f"--cpus-per-task={node.n_procs}")
         if request:
-            # the leading space: SLURMGraph joins the user's and the node's args without one
-            node.plugin_args = {"sbatch_args": " " + " ".join(request), "overwrite": False,
+            node.plugin_args = {"sbatch_args": " ".join(request), "overwrite": False,
                                 **node.plugin_args}  # fmt:skip
 
 

@@ -155,6 +155,16 @@ def _one_lesion(chi, mask, lesion, ring_ok, excluded, *, voxel, index, name, dir
     return row
 
 
+def label_lesions(lesions, names=None):
+    """(int32 labels, {index: name}) of a lesion image: its own labels with `names`, or for a
+    binary mask (`names` empty) its connected pieces (26-neighbour), named lesion-<n>."""
+    lesions = np.asarray(lesions)
+    if names:
+        return lesions.astype(np.int32), dict(names)
+    labels, n = ndi.label(lesions > 0, structure=np.ones((3, 3, 3)))
+    return labels.astype(np.int32), {i: f"lesion-{i}" for i in range(1, n + 1)}
+
+
 def foci_in_lesions(foci, lesions):
     """{focus id: lesion index} for foci whose peak voxel lies inside a lesion label."""
     lesions = np.asarray(lesions)

@@ -2,10 +2,15 @@
 
 import os
 
+from nipype.pipeline import engine as pe
 from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
 from bids_qsm import __version__
-from bids_qsm.workflows.outputs import init_qsm_derivatives_wf, init_roi_derivatives_wf
+from bids_qsm.workflows.outputs import (
+    init_qsm_derivatives_wf,
+    init_readouts_derivatives_wf,
+    init_roi_derivatives_wf,
+)
 from bids_qsm.workflows.qsm import estimate_mem_gb, init_qsm_wf
 from bids_qsm.workflows.roi import init_labels_node, init_roistats_node, roi_description
 
@@ -18,11 +23,12 @@ def resolve_threads(settings):
     return nipype
 
 
-def init_bids_qsm_wf(settings, runs, segmentations=None, masks=None):
+def init_bids_qsm_wf(settings, runs, segmentations=None, masks=None, lesions=None):
     """One sub-workflow per selected subject, each processing that subject's MEGRE runs.
 
     segmentations: {run prefix: (Segmentation, reference label indices)} for runs with one;
-    masks: {run prefix: the user's brain mask (path)} for runs with one.
+    masks: {run prefix: the user's brain mask (path)} for runs with one; lesions: {run prefix:
+    `lesion_masks.LesionInput`} for runs with one (paramagnetic rims).
     """
     workflow = Workflow(name="bids_qsm_wf")
     workflow.base_dir = str(settings.execution.work_dir)
@@ -31,17 +37,14 @@ def init_bids_qsm_wf(settings, runs, segmentations=None, masks=None):
     for run in runs:
         by_subject.setdefault(run.subject, []).append(run)
     for subject, subject_runs in sorted(by_subject.items()):
-        workflow.add_nodes(
-            [
-                init_single_subject_wf(
-                    subject, subject_runs, settings, segmentations or {}, masks or {}
-                )
-            ]
+        subject_wf = init_single_subject_wf(
+            subject, subject_runs, settings, segmentations or {}, masks or {}, lesions or {}
         )
+        workflow.add_nodes([subject_wf])
     return workflow
 
 
-def init_single_subject_wf(subject, runs, settings, segmentations, masks):
+def init_single_subject_wf(subject, runs, settings, segmentations, masks, lesions=None):
     """QSM of every MEGRE run of one subject, written to the derivatives dataset."""
     workflow = Workflow(name=f"sub_{subject}_wf")
     workflow.__desc__ = (
@@ -60,6 +63,8 @@ def init_single_subject_wf(subject, runs, settings, segmentations, masks):
         if reference == "labels" and not label_values:
             reference = "mean"  # the problem was reported when the segmentation was looked up
         mem_gb = estimate_mem_gb(n_voxels, len(run.echoes))
+        lesion = (lesions or {}).get(run.prefix)
+        csf_labels, white_matter_labels = _readout_labels(segmentation)
         qsm_wf = init_qsm_wf(
             echo_times=run.echo_times,
             mem_gb=mem_gb,
@@ -77,6 +82,12 @@ def init_single_subject_wf(subject, runs, settings, segmentations, masks):
             reference=reference,
             reference_labels=label_values,
             parameters=methods.parameters,
+            foci=methods.foci,
+            veins=methods.veins,
+            lesions=lesion is not None,
+            hct=methods.hct,
+            csf_labels=csf_labels,
+            white_matter_labels=white_matter_labels,
             name=f"qsm_{name}_wf",
         )
         complex_input = run.echoes[0].real is not None
@@ -121,6 +132,12 @@ def init_single_subject_wf(subject, runs, settings, segmentations, masks):
                     ("outputnode.relaxometry_meta", "inputnode.relaxometry_meta"),
                 ]),
             ])  # fmt:skip
+        if methods.foci or methods.veins or lesion is not None:
+            _add_readouts(
+                workflow, qsm_wf, run=run, lesion=lesion, methods=methods,
+                output_dir=settings.execution.output_dir, source_file=str(source),
+                mem_gb=mem_gb["figures"], omp_nthreads=threads, name=name,
+            )  # fmt:skip
         if segmentation is not None:
             _add_region_statistics(
                 workflow, qsm_wf, run=run, segmentation=segmentation, methods=methods,
@@ -169,3 +186,56 @@ def _add_region_statistics(
     workflow.__desc__ += roi_description(
         segmentation, registration=methods.registration, erode_voxels=methods.roi_erode
     )
+
+
+def _readout_labels(segmentation):
+    """(CSF, white matter) label indices of a segmentation for the read-outs, () where none."""
+    from bids_qsm.qsm.roi import resolve_labels
+
+    found = []
+    for spec in ("csf", "white-matter"):
+        try:
+            found.append(tuple(resolve_labels(spec, segmentation.names)) if segmentation else ())
+        except ValueError:  # a segmentation without those names: no such region
+            found.append(())
+    return tuple(found)
+
+
+def _add_readouts(
+    workflow, qsm_wf, *, run, lesion, methods, output_dir, source_file, mem_gb, omp_nthreads,
+    name,
+):  # fmt:skip
+    """Wire a run's lesion labels (before its QSM workflow) and read-out sinks (after it)."""
+    from bids_qsm.interfaces.roi import LabelsOnGrid
+
+    ds_readouts_wf = init_readouts_derivatives_wf(
+        output_dir=output_dir, foci=methods.foci, veins=methods.veins,
+        lesions=lesion is not None, name=f"ds_readouts_{name}_wf",
+    )  # fmt:skip
+    ds_readouts_wf.inputs.inputnode.source_file = source_file
+    workflow.connect([
+        (qsm_wf, ds_readouts_wf, [
+            (f"outputnode.{field}", f"inputnode.{field}") for field in (
+                "foci_dseg", "foci_lookup", "foci_table", "foci_meta", "veins_mask",
+                "veins_table", "veins_meta", "lesions_table", "lesions_meta",
+            )
+        ]),
+    ])  # fmt:skip
+    if lesion is None:
+        return
+    lesion_labels = pe.Node(
+        LabelsOnGrid(
+            dseg=str(lesion.path), names=lesion.names or {1: "lesion"}, lookup=lesion.lookup,
+            kind=methods.registration, omp_nthreads=omp_nthreads,
+        ),
+        name=f"lesions_{name}", mem_gb=mem_gb, n_procs=omp_nthreads,
+    )  # fmt:skip
+    if lesion.needs_registration:
+        lesion_labels.inputs.reference = str(lesion.reference)
+    first = run.echoes[0]
+    lesion_labels.inputs.magnitude = str(first.magnitude or first.real)
+    if first.imag is not None:
+        lesion_labels.inputs.imag = str(first.imag)
+    qsm_wf.inputs.inputnode.lesion_file = str(lesion.path)
+    qsm_wf.inputs.inputnode.lesion_names = dict(lesion.names)
+    workflow.connect(lesion_labels, "labels", qsm_wf, "inputnode.lesions")

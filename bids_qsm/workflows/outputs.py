@@ -119,3 +119,47 @@ def init_roi_derivatives_wf(*, output_dir, registered, name="roi_derivatives_wf"
             (inputnode, ds_transform, [("source_file", "source_file"), ("transform", "in_file")]),
         ])  # fmt:skip
     return workflow
+
+
+def init_readouts_derivatives_wf(
+    *, output_dir, foci=True, veins=False, lesions=False, name="readouts_derivatives_wf"
+):
+    """Sinks of a run's clinical read-outs, named after its source run.
+
+    foci: `desc-foci_dseg.nii.gz` (1 paramagnetic, 2 diamagnetic), its `desc-foci_dseg.tsv` and
+    `desc-foci_Chimap.tsv`; veins: `desc-veins_mask.nii.gz` and `desc-veins_Chimap.tsv`;
+    lesions: `desc-lesions_Chimap.tsv`. Tables come with a JSON sidecar describing the columns.
+    """
+    from bids_qsm.interfaces.sink import DerivativesDataSink
+
+    workflow = Workflow(name=name)
+    inputnode = pe.Node(
+        niu.IdentityInterface(
+            fields=["source_file", "foci_dseg", "foci_lookup", "foci_table", "foci_meta",
+                    "veins_mask", "veins_table", "veins_meta", "lesions_table", "lesions_meta"]
+        ),
+        name="inputnode",
+    )  # fmt:skip
+
+    def sink(name, in_file, meta=None, **entities):
+        node = pe.Node(
+            DerivativesDataSink(base_directory=str(output_dir), **entities),
+            name=name,
+            run_without_submitting=True,
+        )
+        workflow.connect(inputnode, "source_file", node, "source_file")
+        workflow.connect(inputnode, in_file, node, "in_file")
+        if meta:
+            workflow.connect(inputnode, meta, node, "meta_dict")
+        return node
+
+    if foci:
+        sink("ds_foci_dseg", "foci_dseg", desc="foci", suffix="dseg", compress=True)
+        sink("ds_foci_lookup", "foci_lookup", desc="foci", suffix="dseg")
+        sink("ds_foci_table", "foci_table", "foci_meta", desc="foci", suffix="Chimap")
+    if veins:
+        sink("ds_veins_mask", "veins_mask", desc="veins", suffix="mask", compress=True)
+        sink("ds_veins_table", "veins_table", "veins_meta", desc="veins", suffix="Chimap")
+    if lesions:
+        sink("ds_lesions_table", "lesions_table", "lesions_meta", desc="lesions", suffix="Chimap")
+    return workflow

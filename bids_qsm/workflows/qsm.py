@@ -182,12 +182,12 @@ def init_qsm_wf(
         mem_gb=mem_gb, foci=foci, veins=veins, lesions=lesions, hct=hct, csf_labels=csf_labels,
         white_matter_labels=white_matter_labels, parameters=parameters,
     )  # fmt:skip
-    figures = pe.Node(niu.Merge(2, ravel_inputs=True), name="figures", run_without_submitting=True)
-    figure_keys = pe.Node(niu.Merge(2, ravel_inputs=True), name="figure_keys",
+    all_figures = pe.Node(niu.Merge(2, ravel_inputs=True), name="all_figures",
                           run_without_submitting=True)  # fmt:skip
+    all_figure_keys = pe.Node(niu.Merge(2, ravel_inputs=True), name="all_figure_keys",
+                              run_without_submitting=True)  # fmt:skip
     workflow.connect([
         (inputnode, readouts_wf, [
-            ("echo_times", "inputnode.echo_times"), ("field_strength", "inputnode.field_strength"),
             ("labels", "inputnode.labels"), ("lesions", "inputnode.lesions"),
             ("lesion_file", "inputnode.lesion_file"), ("lesion_names", "inputnode.lesion_names"),
         ]),
@@ -199,12 +199,12 @@ def init_qsm_wf(
             ("outputnode.chimap", "inputnode.chimap"), ("outputnode.mask", "inputnode.mask"),
         ]),
         (swi_wf, readouts_wf, [("outputnode.swi", "inputnode.swi")]),
-        (run_outputs_wf, figures, [("outputnode.figures", "in1")]),
-        (readouts_wf, figures, [("outputnode.figures", "in2")]),
-        (run_outputs_wf, figure_keys, [("outputnode.figure_keys", "in1")]),
-        (readouts_wf, figure_keys, [("outputnode.figure_keys", "in2")]),
-        (figures, outputnode, [("out", "figures")]),
-        (figure_keys, outputnode, [("out", "figure_keys")]),
+        (run_outputs_wf, all_figures, [("outputnode.figures", "in1")]),
+        (readouts_wf, all_figures, [("outputnode.figures", "in2")]),
+        (run_outputs_wf, all_figure_keys, [("outputnode.figure_keys", "in1")]),
+        (readouts_wf, all_figure_keys, [("outputnode.figure_keys", "in2")]),
+        (all_figures, outputnode, [("out", "figures")]),
+        (all_figure_keys, outputnode, [("out", "figure_keys")]),
         (readouts_wf, outputnode, [
             ("outputnode.foci_dseg", "foci_dseg"), ("outputnode.foci_lookup", "foci_lookup"),
             ("outputnode.foci_table", "foci_table"), ("outputnode.foci_meta", "foci_meta"),
@@ -560,11 +560,11 @@ def init_readouts_wf(
     """Clinical read-outs of a Chimap: foci (microbleeds, calcifications), veins and venous
     oxygen saturation, paramagnetic rims of given lesions; and their report figures.
 
-    Inputs: chimap (ppm), mask, magnitude (4-D), r2star (1/s, optional), swi, echo_times (s),
-    field_strength (T), labels (a segmentation on the grid, optional), lesions (labels or a mask
-    on the grid), lesion_file (the user's file, for messages) and lesion_names ({index: name};
-    empty for a mask). Outputs: foci_dseg, foci_lookup, foci_table, foci_meta, veins_mask,
-    veins_table, veins_meta, lesions_table, lesions_meta, figures, figure_keys.
+    Inputs: chimap (ppm), mask, magnitude (4-D), r2star (1/s, optional), swi, labels (a
+    segmentation on the grid, optional), lesions (labels or a mask on the grid), lesion_file
+    (the user's file, for messages) and lesion_names ({index: name}; empty for a mask).
+    Outputs: foci_dseg, foci_lookup, foci_table, foci_meta, veins_mask, veins_table,
+    veins_meta, lesions_table, lesions_meta, figures, figure_keys.
     hct: haematocrit of the oxygenation model; csf_labels / white_matter_labels: label indices
     of the segmentation for the veins' reference and the lesions' NAWM ring (empty: none);
     parameters: {"foci" | "veins" | "lesions": {parameter: value}}.
@@ -573,9 +573,8 @@ def init_readouts_wf(
     cites = load_json("citations.json")
     workflow = Workflow(name=name)
     inputnode = pe.Node(
-        niu.IdentityInterface(fields=["chimap", "mask", "magnitude", "r2star", "swi",
-                                      "echo_times", "field_strength", "labels", "lesions",
-                                      "lesion_file", "lesion_names"]),
+        niu.IdentityInterface(fields=["chimap", "mask", "magnitude", "r2star", "swi", "labels",
+                                      "lesions", "lesion_file", "lesion_names"]),
         name="inputnode",
     )  # fmt:skip
     outputnode = pe.Node(
@@ -596,7 +595,6 @@ def init_readouts_wf(
         workflow.connect([
             (inputnode, foci_node, [
                 ("chimap", "chimap"), ("mask", "mask"), ("magnitude", "magnitude"),
-                ("echo_times", "echo_times"), ("field_strength", "field_strength"),
                 ("r2star", "r2star"),
             ]),
             (foci_node, figures, [("dseg", "foci")]),
@@ -606,7 +604,9 @@ def init_readouts_wf(
             ]),
         ])  # fmt:skip
         if lesions:
-            workflow.connect(inputnode, "lesions", foci_node, "lesions")
+            workflow.connect([
+                (inputnode, foci_node, [("lesions", "lesions"), ("lesion_names", "lesion_names")]),
+            ])  # fmt:skip
         sentences.append(cites["foci"]["default"][0] + ".")
     if veins:
         veins_node = pe.Node(
