@@ -291,7 +291,7 @@ def _run_workflow(settings, runs, segmentations, masks, verbosity, lesions=None)
     from nipype import logging as nipype_logging
 
     from bids_qsm.cli.multiproc import MultiProc
-    from bids_qsm.cli.progress import Progress
+    from bids_qsm.cli.progress import Progress, wait_for_slurm_jobs
     from bids_qsm.derivatives import write_citation
     from bids_qsm.workflows.base import init_bids_qsm_wf
 
@@ -350,10 +350,13 @@ def _run_workflow(settings, runs, segmentations, masks, verbosity, lesions=None)
         if plugin["plugin"] == "MultiProc":
             plugin["plugin"] = MultiProc(plugin_args=plugin.pop("plugin_args"))
         workflow.run(**plugin)
+        if plugin["plugin"] == "SLURMGraph":  # it returns once the jobs are submitted
+            wait_for_slurm_jobs(Path(workflow.base_dir) / workflow.name / "batch")
+            failures = _crash_summaries(crash_dir, runs)
     except Exception as err:  # noqa: BLE001 - Nipype raises plain RuntimeError on node failures
         failures = _crash_summaries(crash_dir, runs) or [f"processing failed: {err}"]
-    progress.summary(exe.output_dir, failures)
-    return failures
+    failed = progress.summary(exe.output_dir, failures)
+    return failures or [f"{prefix}: not every output was written" for prefix in failed]
 
 
 def _request_resources(workflow, user_args):
@@ -369,7 +372,8 @@ def _request_resources(workflow, user_args):
         if not re.search(r"--cpus-per-task|(^|\s)-c\b", user_args):
             request.append(f"--cpus-per-task={node.n_procs}")
         if request:
-            node.plugin_args = {"sbatch_args": " ".join(request), "overwrite": False,
+            # the leading space: SLURMGraph joins the user's and the node's args without one
+            node.plugin_args = {"sbatch_args": " " + " ".join(request), "overwrite": False,
                                 **node.plugin_args}  # fmt:skip
 
 
