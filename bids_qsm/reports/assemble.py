@@ -46,6 +46,19 @@ FIGURES = {
         "Susceptibility-weighted image (top) and its minimum intensity projection (bottom) at "
         "the same slices.",
     ),
+    "findings": (
+        "Foci and lesions on the Chimap beside the SWI",
+        "Axial slices through the read-outs' findings: on the Chimap, microbleed-like "
+        "(paramagnetic) foci outlined in red, calcification-like (diamagnetic) foci in blue, "
+        "lesions with a paramagnetic rim in yellow and others in green; the SWI below at the "
+        "same slices. Rule-based, for research; no diagnostic claim.",
+    ),
+    "veins": (
+        "Vein mask (projection)",
+        "Maximum intensity projections of the Chimap with the vein mask (red) along the third "
+        "and the first voxel axis; the venous susceptibility and oxygen saturation are in "
+        "desc-veins_Chimap.tsv.",
+    ),
 }
 # Sidecar keys shown as a run's parameters: every stage's settings, then the acquisition.
 STAGES = (
