@@ -24,10 +24,12 @@ import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import scipy.fft
 from numba import njit, prange
 from scipy.spatial.transform import Rotation
 
@@ -79,6 +81,7 @@ TISSUES = {
     9005: ("Vein", 0.40, 60.0, 0.75),
     9006: ("Calcification", -1.0, 150.0, 0.30),
     9007: ("Microbleed", 1.0, 200.0, 0.40),
+    9000: ("Brain", 0.0, 18.0, 0.80),  # unsegmented brain of bids_qsm.phantom_chimap (its chi map)
     **LESION_TISSUES,  # planted findings of bids_qsm.phantom_lesions (painted with lesions=True)
 }
 NON_BRAIN = (0, 258, 165, 262)
@@ -344,9 +347,27 @@ def _smooth_polynomial(shape, coefficients):
     return out
 
 
+@njit(cache=True)
 def _harmonics(x, y, z):
     """Solid spherical harmonics of order 0 to 2 (what a scanner's second-order shim holds)."""
-    return [x * 0 + 1, x, y, z, x * y, y * z, x * z, x * x - y * y, 2 * z * z - x * x - y * y]
+    return (x * 0 + 1, x, y, z, x * y, y * z, x * z, x * x - y * y, 2 * z * z - x * x - y * y)
+
+
+@njit(parallel=True, cache=True)
+def _subtract_harmonics(field_hz, vox_to_unit, coefficients):
+    """field_hz -= sum of coefficients x `_harmonics` at each voxel's coordinates (in place)."""
+    m = vox_to_unit
+    for i in prange(field_hz.shape[0]):
+        for j in range(field_hz.shape[1]):
+            for k in range(field_hz.shape[2]):
+                x = m[0, 0] * i + m[0, 1] * j + m[0, 2] * k + m[0, 3]
+                y = m[1, 0] * i + m[1, 1] * j + m[1, 2] * k + m[1, 3]
+                z = m[2, 0] * i + m[2, 1] * j + m[2, 2] * k + m[2, 3]
+                terms = _harmonics(x, y, z)
+                value = 0.0
+                for n in range(9):
+                    value += coefficients[n] * terms[n]
+                field_hz[i, j, k] -= value
 
 
 def _shim(field_hz, brain, vox_to_mm):
@@ -360,9 +381,7 @@ def _shim(field_hz, brain, vox_to_mm):
     to_unit[:3, 3], to_unit[3, 3] = -xyz.mean(axis=1) / 100, 1.0
     design = np.stack(_harmonics(*(to_unit[:3, :3] @ xyz + to_unit[:3, 3:])), axis=1)
     coefficients = np.linalg.lstsq(design, field_hz.ravel()[sample], rcond=None)[0]
-    grid = _grid(field_hz.shape, to_unit @ vox_to_mm, (0, 0, 0), field_hz.shape)
-    for c, term in zip(coefficients, _harmonics(*grid), strict=True):
-        field_hz -= np.float32(c) * term
+    _subtract_harmonics(field_hz, to_unit @ vox_to_mm, coefficients)
 
 
 def simulate_head(
@@ -433,10 +452,10 @@ def polynomial_offset(shape, rng):
 
 
 def curved_offset(shape, rng):
-    """`polynomial_offset` whose three square terms share one sign, 0.5 to 1 rad each: its
+    """`polynomial_offset` whose three square terms share one sign, 1 to 2 rad each: its
     Laplacian never vanishes, so no harmonic (background field) model can absorb it."""
     coefficients = [rng.uniform(-np.pi, np.pi), *rng.uniform(-0.8, 0.8, 3)]
-    squares = rng.choice([-1.0, 1.0]) * rng.uniform(0.5, 1.0, 3)
+    squares = rng.choice([-1.0, 1.0]) * rng.uniform(1.0, 2.0, 3)
     return _smooth_polynomial(shape, [*coefficients, *rng.uniform(-0.4, 0.4, 3), *squares])
 
 
@@ -493,9 +512,9 @@ def acquire_scan(
     local_hz = forward_field(chi_acq * mask, voxel_size, b0_dir) * hz
     chi[_upsample(mask, k)] = 0
     chi -= np.float32(CHI_AIR)  # the zero padding is air
-    field_hz = forward_field(chi, voxel_size / k, b0_dir, pad=tuple(n // 8 for n in index.shape))
-    field_hz *= hz
+    field_hz = _background_field(chi, voxel_size / k, b0_dir, pad=tuple(n // 8 for n in chi.shape))
     del chi
+    field_hz *= hz
     field_hz += _upsample(local_hz, k)
     _shim(field_hz, inner, affine @ fine_grid(k))
     del inner
@@ -534,6 +553,30 @@ def acquire_scan(
         phase_units="arbitrary" if phase_units == "siemens" else "rad",
         label_names={**names, **(label_names or {})},
     )
+
+
+def _background_field(chi, voxel_size, b0_dir, *, pad, workers=-1):
+    """`forward_field` (ppm) of a large fine grid: the dipole kernel made one slab at a time
+    on the half spectrum of the real FFT, so that it never fills a grid of its own."""
+    padded = np.pad(chi, [(p, p) for p in pad])
+    n = padded.shape
+    spectrum = scipy.fft.rfftn(padded, workers=workers)
+    del padded
+    b = np.asarray(b0_dir, float) / np.linalg.norm(b0_dir)
+    kx, ky = (scipy.fft.fftfreq(n[i], voxel_size[i]).astype(np.float32) for i in (0, 1))
+    kz = scipy.fft.rfftfreq(n[2], voxel_size[2]).astype(np.float32)
+    ky, kz = ky[:, None], kz[None, :]
+    yz2, yzb = ky**2 + kz**2, np.float32(b[1]) * ky + np.float32(b[2]) * kz
+    for i, x in enumerate(kx):
+        k2, kb = yz2 + x * x, yzb + np.float32(b[0]) * x
+        with np.errstate(divide="ignore", invalid="ignore"):
+            kernel = np.float32(1 / 3) - kb * kb / k2
+        if i == 0:
+            kernel[0, 0] = 0.0
+        spectrum[i] *= kernel
+    field = scipy.fft.irfftn(spectrum, s=n, workers=workers)
+    crop = tuple(slice(p, p + m) for p, m in zip(pad, chi.shape, strict=True))
+    return np.ascontiguousarray(field[crop])
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -641,11 +684,16 @@ def _write_run(out_dir, entities, path_parts, scan):
         _save(truth / f"{entities}_{suffix}.nii.gz", data, scan.affine, sidecar)
 
 
-def write_dataset(out_dir, *, subjects=1, sessions=0, **scan_kwargs):
+def write_dataset(
+    out_dir, *, subjects=1, sessions=0, simulate=None, name="head phantom", **scan_kwargs
+):
     """Write a raw BIDS MEGRE dataset of `subjects` phantoms (`sessions` each, 0: no session
-    level) with the truth under derivatives/phantom. `scan_kwargs` go to `simulate_head`.
-    Raises FileExistsError when `out_dir` holds anything other than an earlier phantom."""
+    level) with the truth under derivatives/phantom. `simulate(subject=, session=,
+    **scan_kwargs)` makes each `PhantomScan` (default `simulate_head`); `name` goes into the
+    dataset descriptions. Raises FileExistsError when `out_dir` holds anything other than an
+    earlier phantom."""
     out_dir = Path(out_dir)
+    simulate = simulate_head if simulate is None else simulate
     _clear(out_dir)
     about = {
         "BIDSVersion": "1.10.0",
@@ -654,25 +702,26 @@ def write_dataset(out_dir, *, subjects=1, sessions=0, **scan_kwargs):
         "GeneratedBy": [{"Name": GENERATOR, "Version": __version__}],
     }
     truth = out_dir / "derivatives" / "phantom"
-    for root, name, kind in [(out_dir, "", "raw"), (truth, " truth", "derivative")]:
-        description = {"Name": f"bids_qsm head phantom{name}", "DatasetType": kind, **about}
+    for root, suffix, kind in [(out_dir, "", "raw"), (truth, " truth", "derivative")]:
+        description = {"Name": f"bids_qsm {name}{suffix}", "DatasetType": kind, **about}
         _write_json(root / "dataset_description.json", description)
         (root / "README").write_text(README)
     (out_dir / ".bidsignore").write_text("derivatives/\n")
     (truth / ".bidsignore").write_text("*_fieldmap.*\n*_phasemap.*\n")
-    (truth / "dseg.tsv").write_text(
-        "index\tname\n" + "".join(f"{c}\t{TISSUES[c][0]}\n" for c in _CODES)
-    )
-    labels = [f"{s:02d}" for s in range(1, subjects + 1)]
+    labels, names = [f"{s:02d}" for s in range(1, subjects + 1)], {}
     (out_dir / "participants.tsv").write_text(
         "participant_id\n" + "".join(f"sub-{s}\n" for s in labels)
     )
     for subject, label in enumerate(labels, start=1):
         for session in range(1, sessions + 1) if sessions else [0]:
             parts = [f"sub-{label}"] + ([f"ses-{session:02d}"] if session else [])
-            scan = simulate_head(**scan_kwargs, subject=subject, session=session)
+            scan = simulate(**scan_kwargs, subject=subject, session=session)
             _write_run(out_dir, "_".join(parts), parts, scan)
+            names.update(scan.label_names)
             logger.info("wrote %s", "/".join(parts))
+    (truth / "dseg.tsv").write_text(
+        "index\tname\n" + "".join(f"{c}\t{names[c]}\n" for c in sorted(names))
+    )
     if scan_kwargs.get("lesions"):
         write_lesion_dir(out_dir)  # what --lesion-dir reads
     return out_dir
@@ -687,10 +736,10 @@ def _build_parser():
     add = parser.add_argument
     # fmt: off
     add("out_dir", type=Path, metavar="OUT", help="output BIDS dataset folder")
-    add("--shape", type=int, nargs=3, default=DEFAULT_SHAPE, metavar=("X", "Y", "Z"),
-        help="acquired voxels")
-    add("--voxel-size", "--voxel_size", type=float, nargs=3, default=(2.0, 2.0, 2.0),
-        metavar=("MM", "MM", "MM"), help="voxel edges (mm)")
+    add("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"),
+        help="acquired voxels (default: 96 112 80; with --chi-map: the head and 4 mm of air)")
+    add("--voxel-size", "--voxel_size", type=float, nargs=3, metavar=("MM", "MM", "MM"),
+        help="voxel edges (mm) (default: 2 2 2; with --chi-map: the map's)")
     add("--echo-times", "--echo_times", type=float, nargs="+", default=DEFAULT_ECHO_TIMES,
         metavar="S", help="echo times (s), ascending")
     add("--b0", type=float, default=3.0, metavar="T", help="field strength (T)")
@@ -709,6 +758,17 @@ def _build_parser():
     add("--lesions", action="store_true",
         help="plant a rim lesion, a rimless lesion, microbleeds and calcifications "
              "(bids_qsm.phantom_lesions) and write their masks under derivatives/lesions")
+    add("--chi-map", "--chi_map", type=Path, metavar="FILE",
+        help="a real susceptibility map (NIfTI, ppm; 0 or NaN outside the brain) to be the "
+             "brain of the head: the realistic-brain fixture of bids_qsm.phantom_chimap")
+    add("--labels", type=Path, metavar="FILE",
+        help="with --chi-map: integer labels on its grid (0 outside the brain, e.g. a "
+             "FreeSurfer aseg): the brain mask and the R2* of the tissues they name")
+    add("--chi-axcodes", "--chi_axcodes", metavar="XYZ",
+        help="with --chi-map: where its voxel axes point when its header says otherwise, e.g. "
+             "RPS for the 2016 challenge's COSMOS map")
+    add("--no-foci", "--no_foci", dest="foci", action="store_false",
+        help="with --chi-map: plant no microbleed and no calcification")
     # fmt: on
     return parser
 
@@ -716,9 +776,17 @@ def _build_parser():
 def _check(parser, args):
     """One line and exit 2 for arguments that cannot make a dataset."""
     te = np.asarray(args.echo_times)
+    chi_only = args.labels or args.chi_axcodes or not args.foci
+    axcodes = str(args.chi_axcodes or "RAS").upper()
     problems = [
-        (min(args.shape) < 8, "--shape needs at least 8 voxels per axis"),
-        (min(args.voxel_size) <= 0, "--voxel-size must be positive"),
+        (
+            args.shape is not None and min(args.shape) < 8,
+            "--shape needs at least 8 voxels per axis",
+        ),
+        (
+            args.voxel_size is not None and min(args.voxel_size) <= 0,
+            "--voxel-size must be positive",
+        ),
         (te.min() <= 0 or np.any(np.diff(te) <= 0), "--echo-times must be positive and ascending"),
         (args.b0 <= 0, "--b0 must be positive"),
         (not args.snr > 0, "--snr must be positive"),
@@ -726,6 +794,13 @@ def _check(parser, args):
         (args.subjects < 1 or args.subjects > 99, "--subjects must be 1..99"),
         (args.sessions < 0 or args.sessions > 99, "--sessions must be 0..99"),
         (not 1 <= args.oversample <= 4, "--oversample must be 1..4"),
+        (args.chi_map is None and chi_only, "--labels, --chi-axcodes and --no-foci need --chi-map"),
+        (args.chi_map is not None and args.lesions, "--lesions is for the head phantom only"),
+        (
+            len(axcodes) != 3
+            or sorted(axcodes.translate(str.maketrans("RLAPSI", "xxyyzz"))) != ["x", "y", "z"],
+            "--chi-axcodes takes one of R/L, A/P and S/I each, e.g. RPS",
+        ),
     ]
     for failed, message in problems:
         if failed:
@@ -738,8 +813,24 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     _check(parser, args)
     options = vars(args)
+    out_dir, chi_map = options.pop("out_dir"), options.pop("chi_map")
+    labels, axcodes, foci = options.pop("labels"), options.pop("chi_axcodes"), options.pop("foci")
+    if chi_map is None:
+        options["shape"] = options["shape"] or DEFAULT_SHAPE
+        options["voxel_size"] = options["voxel_size"] or (2.0, 2.0, 2.0)
+    else:
+        from bids_qsm.phantom_chimap import load_chi_map, simulate_from_chi_map
+
+        try:
+            chi, affine, label_image = load_chi_map(chi_map, labels=labels, axcodes=axcodes)
+        except ValueError as error:
+            print(f"{GENERATOR}: error: {error}", file=sys.stderr)
+            return 66
+        del options["lesions"]
+        simulate = partial(simulate_from_chi_map, chi, affine, label_image, foci=foci)
+        options.update(simulate=simulate, name="chi-map head phantom")
     try:
-        out = write_dataset(options.pop("out_dir"), **options)
+        out = write_dataset(out_dir, **options)
     except FileExistsError as error:
         print(f"{GENERATOR}: error: {error}", file=sys.stderr)
         return 2
