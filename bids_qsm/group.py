@@ -13,7 +13,10 @@
   the sidecar's `Warnings`, and an `outlier` flag from robust z-scores (median and MAD over runs)
   of the mask volume, the extreme fraction and each structure's mean, each with a floor on its
   spread (`SPREAD_FLOORS`) so that runs of one protocol, a few ppb apart, are not flagged;
-- `desc-missing_subjects.tsv`: expected subjects without a region table, and why.
+- `desc-missing_subjects.tsv`: expected subjects without a region table, and why;
+- `desc-foci_Chimap.tsv`, `desc-lesions_Chimap.tsv`, `desc-veins_Chimap.tsv`: the clinical
+  read-outs' per-run tables, long format like the region table (with their column sidecars),
+  where any run has one.
 Missing subjects and runs are reported, never fatal.
 """
 
@@ -40,6 +43,7 @@ QC_COLUMNS = (
     "outlier_reasons",
 )
 TABLE_SUFFIX = "_desc-roistats_Chimap.tsv"
+READOUTS = ("foci", "lesions", "veins")  # per-run read-out tables gathered like the regions
 # The least spread (robust standard deviation) a QC metric is scored against. Runs of one protocol
 # agree better than a person would ever call an outlier (region means within a few ppb), and a
 # MAD over such values is near zero, which made every ppb a huge z-score. The floors are
@@ -60,6 +64,7 @@ class GroupResult:
     missing_subjects: list = field(default_factory=list)  # "sub-<l>" without a region table
     outliers: list = field(default_factory=list)  # run names (<ents>) flagged in the QC table
     n_runs: int = 0
+    readouts: dict = field(default_factory=dict)  # "foci" | "lesions" | "veins" -> group table
 
 
 def bids_subjects(bids_dir, participant_label=None):
@@ -143,6 +148,12 @@ def run_group(output_dir, *, expected_subjects=None, extreme_ppm=0.5, outlier_z=
         },
     )
 
+    readouts = {}
+    for readout in READOUTS:
+        gathered = _gather_readout(out, group_dir, readout)
+        if gathered is not None:
+            readouts[readout] = gathered
+
     have = {_ids(prefix.name)["participant_id"] for prefix in tables}
     with_maps = {_ids(prefix.name)["participant_id"] for prefix in runs}
     missing = []
@@ -161,7 +172,31 @@ def run_group(output_dir, *, expected_subjects=None, extreme_ppm=0.5, outlier_z=
         missing_subjects=[m["participant_id"] for m in missing],
         outliers=outliers,
         n_runs=len(runs),
+        readouts=readouts,
     )
+
+
+def _gather_readout(out, group_dir, readout):
+    """group/desc-<readout>_Chimap.tsv: every run's read-out table, long format (ID_COLUMNS
+    first, then the per-run columns as written), with the first run's column descriptions;
+    None when no run has one."""
+    suffix = f"_desc-{readout}_Chimap.tsv"
+    found = sorted([*out.glob(f"sub-*/anat/*{suffix}"), *out.glob(f"sub-*/ses-*/anat/*{suffix}")])
+    if not found:
+        return None
+    columns, rows = [], []
+    for path in found:
+        for row in _read_tsv(path):
+            columns += [c for c in row if c not in columns]
+            rows.append({**_ids(path.name), **row})
+    table = _write_tsv(group_dir / f"desc-{readout}_Chimap.tsv", (*ID_COLUMNS, *columns), rows)
+    try:
+        meta = json.loads(found[0].with_suffix(".json").read_text())
+        meta = {c: meta[c] for c in columns if c in meta}
+    except (OSError, ValueError):
+        meta = {}
+    _write_json(table.with_suffix(".json"), meta)
+    return table
 
 
 def _region_tables(out):
