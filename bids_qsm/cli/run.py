@@ -67,10 +67,18 @@ def _main(argv):
     if exe.analysis_level == "group":
         return _run_group(settings)
 
+    invalid = {}  # subject -> the validator's lines about its files
     if not exe.skip_bids_validation:
-        code = _validate_input(exe.bids_dir)
+        code, invalid = _validate_input(exe.bids_dir)
         if code:
             return code
+    participant_label = exe.participant_label or None
+    if invalid:  # subjects whose files the validator refused are left out, the others go on
+        every = sorted(p.name[4:] for p in Path(exe.bids_dir).glob("sub-*") if p.is_dir())
+        participant_label = [s for s in participant_label or every if s not in invalid]
+        if not participant_label:
+            _error("no subject left without BIDS validation errors")
+            return EX_INVALID
 
     from bids_qsm.bids import SelectionError, collect_runs
 
@@ -81,7 +89,7 @@ def _main(argv):
     try:
         runs, problems = collect_runs(
             exe.bids_dir,
-            participant_label=exe.participant_label or None,
+            participant_label=participant_label,
             session_label=exe.session_label or None,
             bids_filters=exe.bids_filters or None,
             database_dir=exe.work_dir / "bids_db",
@@ -99,7 +107,7 @@ def _main(argv):
         _error(str(problem))
     if not runs:
         _error("no usable MEGRE run left to process")
-        return EX_NOINPUT
+        return EX_INVALID if invalid else EX_NOINPUT
 
     from bids_qsm.derivatives import OutputDirError, init_derivatives
 
@@ -109,14 +117,14 @@ def _main(argv):
     try:
         init_derivatives(exe.output_dir, bids_dir=exe.bids_dir)
     except (OutputDirError, OSError) as err:
-        _error(str(err))
+        _error(_unexpected(err) if isinstance(err, OSError) else str(err))
         return EX_FAILED
     settings.to_toml(exe.log_dir / f"config-{exe.run_uuid}.toml")
 
     failures = _run_workflow(settings, runs, segmentations, masks, verbosity, lesions)
     from bids_qsm.reports.assemble import generate_reports
 
-    by_subject = {}
+    by_subject = {subject: list(lines) for subject, lines in invalid.items()}
     for problem in problems:
         by_subject.setdefault(problem.subject, []).append(str(problem))
     subjects = sorted({run.subject for run in runs} | set(by_subject) - {None})
@@ -127,6 +135,8 @@ def _main(argv):
         _error(line)
     if any(_INPUT_FAILURE not in line for line in failures):
         return EX_FAILED
+    if invalid:
+        return EX_INVALID
     if problems or failures:
         return EX_NOINPUT
     logger.info("done: %d run(s) written to %s", len(runs), exe.output_dir)
@@ -166,20 +176,40 @@ def _check_space(work_dir, runs):
     return EX_OK
 
 
+# Validator errors about the dataset's own files that leave every subject's data usable
+_HARMLESS_FINDINGS = ("PARTICIPANT_ID_MISMATCH",)
+
+
 def _validate_input(bids_dir):
+    """(exit code, {subject: lines}): the validator's errors, one line each, naming the file.
+
+    An error in a subject's own files leaves that subject out, and the others are processed
+    (the exit code says 16 at the end); one in the dataset's own files stops here, with 16.
+    """
     from bids_qsm.validation import ValidatorMissing, validate
 
     try:
         findings = validate(bids_dir)
     except (ValidatorMissing, RuntimeError) as err:
         _error(f"{err} (or use --skip-bids-validation)")
-        return EX_FAILED
+        return EX_FAILED, {}
+    by_subject, fatal = {}, False
     for finding in findings:
-        _error(f"BIDS validation: {finding}")
-    if findings:
+        subject = re.match(r"/sub-([A-Za-z0-9]+)/", finding.location or "")
+        if subject:
+            line = f"BIDS validation: {bids_dir}{finding} (sub-{subject[1]} is not processed)"
+            by_subject.setdefault(subject[1], []).append(line)
+        else:
+            line = f"BIDS validation: {finding}"
+            if finding.code.split("/")[0] in _HARMLESS_FINDINGS:
+                by_subject.setdefault(None, []).append(line)
+            else:
+                fatal = True
+        _error(line)
+    if fatal:
         _error(f"{bids_dir} is not valid BIDS (fix it, or use --skip-bids-validation)")
-        return EX_INVALID
-    return EX_OK
+        return EX_INVALID, by_subject
+    return EX_OK, by_subject
 
 
 def _find_masks(settings, runs):
@@ -446,6 +476,9 @@ def _setup_logging(verbosity):
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
         handler._bids_qsm = True
         logger.addHandler(handler)
+    for handler in logger.handlers:  # main() called again (tests): today's stderr, not a closed one
+        if getattr(handler, "_bids_qsm", False):
+            handler.stream = sys.stderr  # not setStream: it flushes the closed one
     levels = {-1: logging.WARNING, 0: logging.INFO, 1: logging.INFO}
     logger.setLevel(levels.get(verbosity, logging.DEBUG))
 
