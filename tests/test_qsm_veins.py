@@ -44,6 +44,7 @@ def test_veins_are_found_and_their_saturation_follows_the_planted_susceptibility
     assert result["Y"] == pytest.approx(oxygen_saturation(scene.vein_chi), abs=0.05)
     # only the wide vein (6 mm across) counts: the thin one (2.4 mm) is partial volume
     assert 0 < result["measured_volume_mm3"] <= scene.veins.sum() * np.prod(VOXEL)
+    assert result["measured_on"] == "wide veins"
 
 
 def test_a_given_reference_region_is_used_and_named(scene):
@@ -57,11 +58,15 @@ def test_a_given_reference_region_is_used_and_named(scene):
     assert result["Y"] == pytest.approx(oxygen_saturation(result["dchi_ppm"], hct=0.45))
 
 
-def test_no_vein_wide_enough_gives_no_value():
+def test_thin_veins_are_measured_on_their_centrelines_and_said_so():
     shape = (30, 30, 30)
     veins = np.zeros(shape, bool)
-    veins[5:25, 15, 15] = True  # one voxel across
-    chi = np.where(veins, 0.3, 0.0).astype(np.float32)
+    veins[5:25, 14:16, 15] = True  # two voxels across: none one voxel deep
+    chi = np.zeros(shape, np.float32)
+    chi[5:25, 14, 15], chi[5:25, 15, 15] = 0.3, 0.2  # partial volume on one side
     result = measure_veins(chi, veins, np.ones(shape, bool), voxel_size=VOXEL)
-    assert result["vein_ppm"] is None and result["Y"] is None
-    assert result["vein_volume_mm3"] == 20 * 8.0
+    assert result["measured_on"].startswith("centrelines")
+    assert result["vein_ppm"] == pytest.approx(0.3) and result["measured_volume_mm3"] == 20 * 8
+    assert result["vein_volume_mm3"] == 40 * 8.0
+    empty = measure_veins(chi, np.zeros(shape, bool), np.ones(shape, bool), voxel_size=VOXEL)
+    assert empty["vein_ppm"] is None and empty["Y"] is None and empty["measured_on"] is None

@@ -72,7 +72,12 @@ LESION_COLUMNS = {
 }
 VEIN_COLUMNS = {
     "vein_volume_mm3": ("volume of the vein mask", "mm^3"),
-    "measured_volume_mm3": ("volume of the vein voxels wide enough to be measured", "mm^3"),
+    "measured_volume_mm3": ("volume of the vein voxels measured", "mm^3"),
+    "measured_on": (
+        "wide veins (about three voxels across or more), or centrelines (partial "
+        "volume: underestimated) where no vein is that wide",
+        None,
+    ),  # fmt: skip
     "vein_ppm": ("median chi of the measured vein voxels", "ppm"),
     "reference": ("reference region of dchi", None),
     "reference_ppm": ("median chi of the reference region", "ppm"),
@@ -231,8 +236,10 @@ class Veins(SimpleInterface):
                 reference = None
         result = measure_veins(chi, veins, mask, voxel_size=voxel, reference=reference,
                                reference_name=name, hct=self.inputs.hct)  # fmt: skip
-        if result["vein_ppm"] is None:
-            warnings.append("no vein wide enough to escape partial volume: no venous value")
+        if result["measured_on"] != "wide veins":
+            warnings.append("no vein wide enough to escape partial volume: venous values from "
+                            "centrelines, underestimated" if result["measured_on"] else
+                            "no vein found: no venous value")  # fmt: skip
         cwd = Path(runtime.cwd)
         self._results["mask_file"] = save_like(ref, veins, cwd, "veins", dtype=np.uint8)
         sidecar = {

@@ -137,10 +137,12 @@ def measure_veins(
     chi: ppm; veins, mask: bool; voxel_size: mm; reference: bool mask of the reference region
     (e.g. CSF from a segmentation), or None for the tissue `shell_mm` (inner, outer mm) around
     the veins; core_mm: the depth inside the vein mask (mm) a voxel needs to count (default the
-    largest voxel edge: vessels about three voxels across). Returns a dict with
-    `vein_volume_mm3` (the mask), `measured_volume_mm3` (the deep voxels), `vein_ppm` (their
-    median chi), `reference`, `reference_ppm` (median chi of the reference region), `dchi_ppm`,
-    `hct` and `Y`; the values are None when no vein is wide enough or the reference is empty.
+    largest voxel edge: vessels about three voxels across; with none that wide, the veins'
+    centrelines are measured instead and `measured_on` says so). Returns a dict with
+    `vein_volume_mm3` (the mask), `measured_volume_mm3` (the voxels measured), `measured_on`,
+    `vein_ppm` (their median chi), `reference`, `reference_ppm` (median chi of the reference
+    region), `dchi_ppm`, `hct` and `Y`; the values are None when there is no vein or the
+    reference is empty.
     """
     voxel = np.asarray(voxel_size, float)
     veins, mask = np.asarray(veins, bool) & np.asarray(mask, bool), np.asarray(mask, bool)
@@ -154,9 +156,17 @@ def measure_veins(
     else:
         region = np.asarray(reference, bool) & mask & ~veins
         name = reference_name
+    measured_on = "wide veins"
+    if not core.any() and veins.any():
+        # no vein is wide enough: their centrelines (chi's maxima across them), which partial
+        # volume lowers, say so in the table rather than giving no value
+        ridge = np.where(veins, chi, -np.inf)
+        core = veins & (ridge >= ndi.maximum_filter(ridge, size=3))
+        measured_on = "centrelines (partial volume: underestimated)"
     result = {
         "vein_volume_mm3": float(veins.sum() * np.prod(voxel)),
         "measured_volume_mm3": float(core.sum() * np.prod(voxel)),
+        "measured_on": measured_on if core.any() else None,
         "vein_ppm": None,
         "reference": name,
         "reference_ppm": None,
