@@ -14,9 +14,10 @@ The brain mask is where the map is defined (finite and non-zero, holes filled), 
 image is non-zero. Without labels the brain is `Brain` (9000), with a vein label (9005) where chi
 exceeds `VEIN_PPM` in structures thinner than 5 voxels (a grey-level top-hat: the globus
 pallidus, as wide as 10 mm, is left out); deep grey matter nuclei cannot be told from the map by
-thresholds, so they are not labelled. R2* (1/s, at 3 T, not scaled with B0) comes from the labels
-that `TISSUES` knows, elsewhere from chi: 18 + 130 |chi| (white matter 22, pallidum 38, veins
-44-70). A microbleed (9007, +1 ppm) and a calcification (9006, -1 ppm), balls of `FOCUS_MM`
+thresholds, so they are not labelled. R2* (1/s) comes from the labels that `TISSUES` knows,
+elsewhere from chi: 18 + 130 |chi| at 3 T (white matter 22, pallidum 38, veins 44-70), scaled by
+B0 / 3 T (R2* grows about linearly with the field). A microbleed (9007, +1 ppm) and a
+calcification (9006, -1 ppm), balls of `FOCUS_MM`
 radius, are planted in the brain at seeded places at least 12 mm deep (unless `foci=False`).
 
 The receive phase common to all echoes is `curved_offset`: its Laplacian is nowhere zero, so it
@@ -163,6 +164,7 @@ def simulate_from_chi_map(
     fine_chi[box][inside] = chi_box[inside]
     derived = np.isnan(r2star)
     r2star[derived] = 18.0 + 130.0 * np.abs(fine_chi[derived])
+    r2star *= np.float32(b0 / 3.0)  # the table's values are at 3 T; dephasing grows with B0
     pd[np.isnan(pd)] = np.float32(0.8)
     del derived, chi_box, brain_box, inside
     rng = np.random.default_rng([seed, subject, session, 1])
