@@ -13,7 +13,8 @@ larger of the inner and outer band means) exceeds both the NAWM median and the c
 at least max(`min_rim_contrast_ppm`, `noise_factor` x the spread of the NAWM ring's sector
 medians). The rule: a lesion has a rim when at least `min_fraction` (2/3, as in the consensus
 criterion of a rim along at least two thirds of the lesion edge) of its sectors are above.
-Lesions under `min_diameter_mm` (equivalent diameter) are reported, not judged. Limits: the
+Lesions under `min_diameter_mm` (equivalent diameter), or with no voxel deeper than the band
+(no core to tell a rim from a uniformly raised lesion), are reported, not judged. Limits: the
 band is about one voxel at 2 mm; a rim thinner than a voxel is diluted by partial volume, and
 a lesion beside a vein or the ventricles has a biased ring. Research use, no diagnostic claim.
 """
@@ -140,11 +141,11 @@ def _one_lesion(chi, mask, lesion, ring_ok, excluded, *, voxel, index, name, dir
             ring_values.append(float(np.median(ring_part)))
     if band_values:
         row["rim_ppm"] = float(np.mean(band_values))
-    if diameter < min_diameter_mm or row["nawm_ppm"] is None or not band_values:
-        return row
+    if diameter < min_diameter_mm or None in (row["nawm_ppm"], row["core_ppm"]) or not band_values:
+        return row  # too small, or no core to tell a rim from a uniformly raised lesion
     spread = 1.4826 * float(np.median(np.abs(np.array(ring_values) - np.median(ring_values))))
     threshold = max(min_rim_contrast_ppm, noise_factor * spread)
-    level = max(row["nawm_ppm"], row["core_ppm"] if row["core_ppm"] is not None else -np.inf)
+    level = max(row["nawm_ppm"], row["core_ppm"])
     above = np.array(band_values) - level >= threshold
     row.update(
         rim_fraction=float(above.mean()),
