@@ -54,7 +54,7 @@ def test_foci_inside_a_lesion_are_listed_with_its_index(scene):
 def test_a_lesion_without_a_core_is_reported_not_judged(scene):
     lesions = np.zeros(scene.lesions.shape, np.int16)
     i, j, k = np.indices(lesions.shape)
-    lesions[(i - 32) ** 2 + (j - 20) ** 2 + (k - 24) ** 2 <= 2] = 4  # 6 mm: all edge, no core
+    lesions[(i - 32) ** 2 + (j - 20) ** 2 + (k - 24) ** 2 <= 1] = 4  # 5 mm: all edge, no core
     (row,) = lesion_rims(scene.chi, scene.mask, lesions, voxel_size=VOXEL)
     assert row["diameter_mm"] > 3 and row["core_ppm"] is None
     assert not row["judged"] and row["rim"] is None and row["rim_ppm"] is not None
