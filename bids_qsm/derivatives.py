@@ -11,7 +11,8 @@ from bids_qsm import __version__
 # Outputs that BIDS has no name for yet, and our logs.
 BIDSIGNORE = (
     "logs", "figures", "group", "*.html", "*_fieldmap.*", "*_swi.*", "*_minIP.*",
-    "*_desc-roistats_Chimap.*", "*_xfm.*",
+    "*_desc-roistats_Chimap.*", "*_xfm.*", "*_desc-foci_Chimap.*", "*_desc-lesions_Chimap.*",
+    "*_desc-veins_Chimap.*",
 )  # fmt:skip
 
 
