@@ -88,12 +88,13 @@ def simulate_from_chi_map(
     (inf: no noise); tilt_deg: head pitch about scanner x (the grid follows the head: oblique
     affine); oversample: fine voxels per acquired voxel edge; phase_units: "rad" or "siemens";
     foci: plant the microbleed and the calcification. (seed, subject, session) draw the receive
-    phase and bias, the noise and the places of the foci. Returns a `PhantomScan`.
+    phase and bias and the noise, (seed, subject) the places of the foci. Returns a
+    `PhantomScan`.
     Raises ValueError for a map without a brain or labels on another grid.
     """
-    chi = np.asarray(chi, dtype=np.float32)
+    chi, affine = np.asarray(chi, dtype=np.float32), np.asarray(affine, float)
     brain_map = brain_labels(chi, labels)
-    map_vox = np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0)
+    map_vox = np.linalg.norm(affine[:3, :3], axis=0)
     k = int(oversample)
     voxel_size = map_vox if voxel_size is None else np.asarray(voxel_size, float)
     support = brain_map > 0
@@ -152,14 +153,13 @@ def simulate_from_chi_map(
     if foci:
         before = index[box].copy()
         structures = _foci(chi, brain_map, map_to_head, seed=seed, subject=subject)
-        within = [*map_codes]
-        index = paint(fine_shape, vox_to_head, [(c, s, within) for c, s in structures],
+        index = paint(fine_shape, vox_to_head, [(c, s, map_codes) for c, s in structures],
                       index=index, codes=codes)  # fmt: skip
         inside &= index[box] == before
         del before
 
-    chi_table, r2_table, pd_table = _tissue_tables(codes, derived=map_codes if labels is None
-                                                   else [BRAIN])  # fmt: skip
+    derived = map_codes if labels is None else [BRAIN]  # R2* and PD from chi, not the table
+    chi_table, r2_table, pd_table = _tissue_tables(codes, derived=derived)
     fine_chi, r2star, pd = chi_table[index], r2_table[index], pd_table[index]
     fine_chi[box][inside] = chi_box[inside]
     derived = np.isnan(r2star)
@@ -249,7 +249,8 @@ def _load(path, dtype):
 def reorient(affine, shape, axcodes):
     """The affine of a grid whose voxel axes point to `axcodes` (e.g. "RPS": i right, j
     posterior, k superior), same voxel sizes and centre: for maps whose header says otherwise
-    (the 2016 challenge's COSMOS map is stored RPS with an RAS header)."""
+    (the 2016 challenge's COSMOS map: its header says RAS, its second axis runs posterior, as
+    its cerebellum and straight sinus show; left and right cannot be told apart, so RPS)."""
     directions = {"R": (0, 1), "L": (0, -1), "A": (1, 1), "P": (1, -1), "S": (2, 1), "I": (2, -1)}
     codes = str(axcodes).upper()
     if len(codes) != 3 or any(c not in directions for c in codes):
@@ -295,7 +296,7 @@ def _outside_distance(support, voxel_size):
 def _closed_head(support, voxel_size):
     """The head inside its scalp: the brain grown by the layers' thickness, its concavities
     narrower than 2 `CLOSE_MM` filled (a morphological closing by distance transforms), as a
-    float32 indicator on a grid twice as coarse as the map's, and the 3x4 map voxel -> that
+    float32 indicator on a grid twice as coarse as the map's, and the 4x4 map voxel -> that
     grid's voxel."""
     lo, hi = _bounds(support)
     crop = support[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
