@@ -39,7 +39,7 @@ def test_every_choice_reaches_its_node_and_the_methods_text(keyword, choice):
     node_name, _, section = STAGES[keyword]
     workflow = init_qsm_wf(echo_times=(0.004, 0.008, 0.012), mem_gb=MEM, **{keyword: choice})
     assert workflow.get_node(node_name).inputs.method == choice
-    assert load_json("citations.json")[section][choice][0] in workflow.__desc__
+    assert load_json("citations.json")[section][choice][0] in workflow.visit_desc()
 
 
 def test_phase_options_and_resources_reach_nodes():
@@ -56,7 +56,7 @@ def test_phase_options_and_resources_reach_nodes():
     invert = workflow.get_node("inversion_wf.invert")
     assert invert.n_procs == 3 and invert.inputs.omp_nthreads == 3
     assert invert.mem_gb == pytest.approx(MEM["invert"])
-    assert "5 ms" in workflow.__desc__
+    assert "5 ms" in workflow.visit_desc()
 
 
 def test_graph_is_connected_and_acyclic_for_a_matrix_of_choices():
@@ -120,12 +120,14 @@ def test_readouts_reach_their_nodes_and_the_methods_text(foci, veins, lesions):
     for flag, node in ((foci, "foci"), (veins, "veins"), (lesions, "lesions")):
         assert (node in names) == flag
     cites = load_json("citations.json")
+    text = workflow.visit_desc()
+    assert text.count("The phase of 2 echoes") == 1 and ".The" not in text and ".Focal" not in text
     if veins:
         assert workflow.get_node("readouts_wf.veins").inputs.hct == 0.42
-        assert "Hct = 0.42" in workflow.__desc__ and "CSF of the segmentation" in workflow.__desc__
+        assert "Hct = 0.42" in text and "CSF of the segmentation" in text
     if lesions:
-        assert "1.5 mm band" in workflow.__desc__
+        assert "1.5 mm band" in text
         assert workflow.get_node("readouts_wf.lesions").inputs.white_matter_labels == [2, 41]
     if foci:
         assert workflow.get_node("readouts_wf.foci").inputs.params == {"min_contrast_ppm": 0.3}
-        assert cites["foci"]["default"][0] in workflow.__desc__
+        assert cites["foci"]["default"][0] in text

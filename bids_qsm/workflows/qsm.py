@@ -169,7 +169,7 @@ def init_qsm_wf(
             ("outputnode.relaxometry_meta", "relaxometry_meta"),
         ]),
     ])  # fmt:skip
-    workflow.__desc__ = fieldmap_wf.__desc__ + " " + inversion_wf.__desc__
+    # the methods text is the stage families' own, gathered by `visit_desc` in graph order
 
     if not (foci or veins or lesions):
         workflow.connect([
@@ -213,7 +213,6 @@ def init_qsm_wf(
             ("outputnode.lesions_meta", "lesions_meta"),
         ]),
     ])  # fmt:skip
-    workflow.__desc__ += " " + readouts_wf.__desc__
     return workflow
 
 
@@ -267,6 +266,7 @@ def init_fieldmap_wf(
     )
     if n > 1:
         workflow.__desc__ += f" R2* was fitted with {cites['relaxometry'][relaxometry_method][0]}."
+    workflow.__desc__ += " "  # the next family's sentences follow in the same paragraph
     inputnode = pe.Node(
         niu.IdentityInterface(fields=["magnitude", "phase", "real", "imag", "echo_times"]),
         name="inputnode",
@@ -376,7 +376,7 @@ def init_inversion_wf(
     workflow.__desc__ = (
         f"Background fields were removed with {cites['background'][background_method][0]}, "
         f"and susceptibility was computed with {cites['inversion'][inversion_method][0]}, "
-        f"referenced to {cites['reference'][reference][0]}."
+        f"referenced to {cites['reference'][reference][0]}. "
     )
     inputnode = pe.Node(
         niu.IdentityInterface(fields=["field", "brain_mask", "echo_times", "field_strength",
@@ -651,5 +651,5 @@ def init_readouts_wf(
             workflow.connect(veins_node, "mask_file", lesions_node, "veins")
         rim_mm = parameters.get("lesions", {}).get("rim_mm", 2.0)
         sentences.append(cites["lesions"]["default"][0].format(rim_mm=rim_mm) + ".")
-    workflow.__desc__ = " ".join(sentences)
+    workflow.__desc__ = "".join(f"{sentence} " for sentence in sentences)
     return workflow
