@@ -35,6 +35,8 @@ RUN_ENTITIES = (("acquisition", "acq"), ("reconstruction", "rec"), ("run", "run"
 # such files in one run are reported as duplicates for the user to filter.
 _OTHER_ENTITIES = ("ceagent", "chunk", "flip", "inv", "mt", "proc", "direction")
 _AFFINE_TOL_MM = 1e-4
+_MIN_VOXELS = 4  # along each axis: fewer is a 2-D acquisition (a slice or a few)
+_MAX_B0_T = 25.0  # beyond any MRI magnet (21.1 T): a value in mT or G
 _MAX_TE_S = 1.0  # no gradient echo is this long: larger values are milliseconds
 # Filter keys that would break the pairing of echoes and parts; the app queries them itself.
 _RESERVED_FILTERS = ("part", "echo", "extension", "datatype")
@@ -204,6 +206,14 @@ def collect_runs(
             runs.append(run)
     runs, clashes = _drop_prefix_clashes(runs)
     problems += clashes
+    if (runs or problems) and not (sessions or filters):
+        # e.g. a folder copied half-way; one without MEGRE in a selection is not reported
+        found = {run.subject for run in runs} | {problem.subject for problem in problems}
+        problems += [
+            InputProblem(root / f"sub-{s}", s, "no MEGRE images (anat/*_MEGRE.nii[.gz]) found")
+            for s in subjects
+            if s not in found
+        ]
 
     if not runs and not problems:
         what = ", ".join(f"sub-{s}" for s in subjects)
@@ -593,6 +603,9 @@ def _field_strength(values: dict, problem) -> float | None:
         if not _is_number(value) or value <= 0:
             problem(_sidecar(path), f"MagneticFieldStrength {value!r} is not a positive number")
             return None
+        if value > _MAX_B0_T:
+            problem(_sidecar(path), f"MagneticFieldStrength {value} is not in tesla (mT? G?)")
+            return None
         numbers[path] = float(value)
     (first, b0), *others = numbers.items()
     for path, value in others:
@@ -641,6 +654,10 @@ def _check_geometry(echoes: list[Echo], problem) -> None:
             if len(shape) != 3:
                 problem(path, f"expected a 3-D image, found shape {shape}: {volumes_hint(shape)}")
                 continue
+            unusable = _unusable_grid(shape, affine)
+            if unusable:
+                problem(path, unusable)
+                continue
             if reference is None:
                 reference = (path, shape, affine)
                 continue
@@ -652,6 +669,17 @@ def _check_geometry(echoes: list[Echo], problem) -> None:
                 problem(
                     path, f"affine differs from that of {ref_path.name} (by up to {diff:.3g} mm)"
                 )
+
+
+def _unusable_grid(shape, affine) -> str:
+    """Why a 3-D grid cannot carry a QSM, or "" when it can."""
+    if min(shape) < _MIN_VOXELS:
+        return f"shape {shape}: QSM needs at least {_MIN_VOXELS} voxels along every axis"
+    sizes = np.linalg.norm(affine[:3, :3], axis=0)
+    if not (np.all(np.isfinite(sizes)) and sizes.min() > 0.01 and sizes.max() < 50):
+        shown = tuple(round(float(v), 4) for v in sizes)
+        return f"voxel size {shown} mm in the header's affine is not a real one (pixdim, sform)"
+    return ""
 
 
 class _Unreadable(Exception):
@@ -669,11 +697,21 @@ def _read_header(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
         raise _Unreadable(err.strerror or type(err).__name__) from None
     if empty:
         raise _Unreadable("the file is empty (0 bytes)")
+    with open(path, "rb") as fh:
+        gzipped = fh.read(2) == b"\x1f\x8b"
+    if gzipped != (path.suffix == ".gz"):
+        really = "gzip-compressed" if gzipped else "not gzip-compressed"
+        raise _Unreadable(f"named {path.suffix} but {really}: rename it or (un)compress it")
     try:
         img = nib.load(path)
         shape, affine = tuple(int(n) for n in img.shape), np.asarray(img.affine, dtype=float)
     except Exception as err:  # nibabel raises many kinds on damaged files
         raise _Unreadable(f"not a NIfTI image ({_one_line(err)})") from None
+    if img.get_data_dtype().kind not in "biuf":
+        raise _Unreadable(
+            f"data type {img.get_data_dtype()} is not real-valued: give magnitude and phase (or "
+            "real and imaginary parts) as separate real images"
+        )
     try:
         expected = int(img.dataobj.offset) + int(np.prod(shape)) * img.get_data_dtype().itemsize
     except Exception as err:  # nibabel raises many kinds on damaged files

@@ -138,10 +138,43 @@ def _invalid_json(files):
     return sidecar_of(files[("1", "phase")]), "invalid JSON"
 
 
+def _field_in_millitesla(files):
+    for path in files.values():
+        edit_sidecar(path, MagneticFieldStrength=3000)
+    return sidecar_of(files[("1", "mag")]), "MagneticFieldStrength 3000 is not in tesla"
+
+
+def _single_slices(files):
+    _write(files[("1", "mag")], np.ones((8, 8, 2)))
+    return files[("1", "mag")], "QSM needs at least 4 voxels along every axis"
+
+
+def _zero_voxel_size(files):  # an sform with a zero column (nibabel repairs a zero pixdim)
+    img = nb.Nifti1Image(np.ones(SHAPE, dtype=np.float32), AFFINE)
+    img.header.set_qform(None, code=0)
+    img.header.set_sform(np.diag([1.0, 1.0, 0.0, 1.0]), code=1)
+    img.update_header = lambda: None  # keep the broken sform as it is
+    img.to_filename(files[("2", "mag")])
+    return files[("2", "mag")], "is not a real one (pixdim, sform)"
+
+
+def _complex_valued(files):
+    path = files[("3", "phase")]
+    nb.save(nb.Nifti1Image(np.ones(SHAPE, dtype=np.complex64), AFFINE), path)
+    return path, "is not real-valued: give magnitude and phase"
+
+
+def _not_gzipped(files):
+    path = files[("1", "phase")]
+    path.write_bytes(gzip.decompress(path.read_bytes()))
+    return path, "named .gz but not gzip-compressed"
+
+
 INGEST = [
     _empty, _truncated_gzip, _not_a_nifti, _broken_link, _no_sidecar, _no_echo_time,
     _no_field_strength, _equal_echo_times, _decreasing_echo_times, _other_grid,
     _other_orientation, _stacked_echoes, _coil_channels, _missing_part, _invalid_json,
+    _field_in_millitesla, _single_slices, _zero_voxel_size, _complex_valued, _not_gzipped,
 ]  # fmt:skip
 
 
@@ -154,6 +187,17 @@ def test_ingest_problem_is_one_line_naming_the_file_exit_66(ds, tmp_path, capsys
     _one_line_about(lines, path, fragment)
     assert lines[-1].endswith("no usable MEGRE run left to process")
     assert not (tmp_path / "out" / "sub-01").exists()
+
+
+def test_subject_without_megre_is_named(ds):
+    from bids_qsm.bids import collect_runs
+
+    add_run(ds, "01")
+    (ds / "sub-02" / "anat").mkdir(parents=True)  # copied half-way: nothing arrived
+    runs, problems = collect_runs(ds)
+    assert [run.subject for run in runs] == ["01"]
+    assert [str(p) for p in problems] == [f"{ds / 'sub-02'}: no MEGRE images (anat/*_MEGRE"
+                                          ".nii[.gz]) found"]  # fmt:skip
 
 
 def test_trailing_singleton_dimension_is_a_3d_image(ds):

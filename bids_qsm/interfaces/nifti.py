@@ -41,9 +41,12 @@ def load_input(path, *, part, units="auto"):
     """
     try:
         img = nb.load(path)
-        data = np.asarray(img.dataobj, dtype=np.float32)
+        complex_valued = img.get_data_dtype().kind == "c"
+        data = None if complex_valued else np.asarray(img.dataobj, dtype=np.float32)
     except Exception as err:  # nibabel, gzip and zlib raise many kinds on damaged files
         raise InputDataError(f"{path}: cannot read NIfTI: {_one_line(err)}") from None
+    if complex_valued:
+        raise InputDataError(f"{path}: complex-valued image; give magnitude and phase separately")
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != 3:
@@ -59,6 +62,8 @@ def load_input(path, *, part, units="auto"):
 def volumes_hint(shape):
     """What the volumes of an image of more than three dimensions probably are, and what to do."""
     shape = tuple(int(n) for n in shape)
+    if len(shape) < 3:
+        return "a single slice or line; QSM needs a 3-D volume"
     volumes = int(np.prod(shape[3:]))
     if len(shape) > 4 or volumes in _COIL_COUNTS and volumes > _MAX_ECHOES:
         return (
