@@ -103,13 +103,13 @@ def test_slurm_run_gives_the_local_maps(cluster, dataset, local_run, plugin):
                      env=env)  # fmt:skip
     assert done.returncode == 0, f"{done.stderr[-4000:]}\n{cluster.logs()}"
     _assert_same_maps(out, local_run)
-    # every computing node ran as a job, each asking for its estimated memory
     # every computing node ran as a job, which asked for the node's estimated memory
     batch = work / "bids_qsm_wf" / "batch"
     jobs = _jobs(cluster, batch)
     assert len(jobs) >= 10 * len(SUBJECTS), jobs
     assert all(job["JobState"] == "COMPLETED" for job in jobs), jobs
-    memory = {job["MinMemoryNode"] for job in jobs}
-    assert all(m.endswith("M") and 300 < int(m[:-1]) < 2000 for m in memory), memory
+    memory = [job["MinMemoryNode"] for job in jobs]
+    assert all(m.endswith("M") and 0 < int(m[:-1]) < 4000 for m in memory), memory
+    assert len(set(memory)) >= 3, memory  # per step, not one size for all
     description = json.loads((out / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative"

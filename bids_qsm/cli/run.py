@@ -393,9 +393,7 @@ def _request_resources(workflow, user_args):
     """Ask SLURM for each node's estimated memory and threads (Nipype's plugin asks for
     nothing, so every job would get the partition's default and the scheduler could not pack
     them), unless the user's own `sbatch_args` already set them."""
-    for node in workflow._get_all_nodes():
-        if node.run_without_submitting:
-            continue
+    for node in workflow._get_all_nodes():  # SLURMGraph submits even run_without_submitting
         request = []
         if not re.search(r"--mem\b|--mem-per-cpu", user_args):
             request.append(f"--mem={max(1, round(node.mem_gb * 1024))}M")
