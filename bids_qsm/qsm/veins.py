@@ -4,9 +4,10 @@ Deoxyhaemoglobin makes venous blood paramagnetic. Veins are found as bright tube
 Hessian vesselness (Frangi et al. 1998) of the positive part of chi, kept where chi also stands
 above its smooth surroundings. Their susceptibility is measured where they are wide enough to
 escape partial volume: on the voxels at least `core_mm` deep inside the vein mask (vessels about
-three voxels across or wider); thinner veins are in the mask but not in the value. It is
-referenced to a stated region: CSF from a segmentation when one is given, else the tissue in a
-shell around the veins. Then (Jain et al. 2012; Spees et al. 2001, SI units)
+three voxels across or wider), each with the largest value of itself and its face neighbours
+in the vein (a vessel between voxel centres); thinner veins are in the mask but not in the
+value. It is referenced to a stated region: CSF from a segmentation when one is given, else
+the tissue in a shell around the veins. Then (Jain et al. 2012; Spees et al. 2001, SI units)
 
     Y = 1 - dchi / (Hct * dchi_do) + dchi_oxy / dchi_do,  dchi_do = 3.43 ppm, dchi_oxy = -0.10 ppm
 
@@ -140,7 +141,8 @@ def measure_veins(
     largest voxel edge: vessels about three voxels across; with none that wide, the veins'
     centrelines are measured instead and `measured_on` says so). Returns a dict with
     `vein_volume_mm3` (the mask), `measured_volume_mm3` (the voxels measured), `measured_on`,
-    `vein_ppm` (their median chi), `reference`, `reference_ppm` (median chi of the reference
+    `vein_ppm` (the median over them of the largest chi of each and its six face neighbours in
+    the veins), `reference`, `reference_ppm` (median chi of the reference
     region), `dchi_ppm`, `hct` and `Y`; the values are None when there is no vein or the
     reference is empty.
     """
@@ -177,7 +179,12 @@ def measure_veins(
     if region.any():
         result["reference_ppm"] = float(np.median(chi[region]))
     if core.any():
-        result["vein_ppm"] = float(np.median(chi[core]))
+        # partial volume only lowers a paramagnetic vessel's voxels: each deep voxel counts
+        # with the largest value of itself and its six face neighbours in the vein, which
+        # follows the vessel's axis where it runs between voxel centres
+        inside = np.where(veins, chi, -np.inf)
+        peak = ndi.maximum_filter(inside, footprint=ndi.generate_binary_structure(3, 1))
+        result["vein_ppm"] = float(np.median(peak[core]))
     if result["vein_ppm"] is not None and result["reference_ppm"] is not None:
         result["dchi_ppm"] = result["vein_ppm"] - result["reference_ppm"]
         result["Y"] = float(oxygen_saturation(result["dchi_ppm"], hct=hct))
