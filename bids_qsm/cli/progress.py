@@ -25,7 +25,12 @@ STAGES = {
     "reference": "referencing",
     "swi": "SWI",
     "figures": "figures",
+    "foci": "foci",
+    "veins": "veins",
+    "lesions": "lesion rims",
 }
+# where one node name serves two stages, its workflow tells them apart
+_STAGES_IN = {("readouts_wf", "figures"): "read-out figures"}
 
 
 class Progress:
@@ -60,7 +65,8 @@ class Progress:
         prefix = self._run_of(node)
         if prefix is None:
             return
-        stage = STAGES.get(node.name)
+        parent = node._hierarchy.rsplit(".", 1)[-1] if node._hierarchy else ""
+        stage = _STAGES_IN.get((parent, node.name), STAGES.get(node.name))
         if node.name.startswith("labels_"):
             stage = "labels"
         elif node.name.startswith("roistats_"):
