@@ -178,8 +178,9 @@ def test_broken_subjects_are_named_and_the_healthy_one_finishes(broken_run):
 
 def test_broken_subjects_get_a_report_that_says_why(broken_run):
     _, out, _, damaged, _ = broken_run
-    for label in ("truncated", "coils", "swapped"):  # refused before processing
-        assert label in (out / f"sub-{label}.html").read_text()
+    for label in ("truncated", "coils", "swapped", "silent", "nanphase"):
+        stem = damaged[label].name.split(".", 1)[0]  # the file at fault, by name
+        assert stem in (out / f"sub-{label}.html").read_text(), label
 
 
 def test_the_input_dataset_is_not_touched(broken_run):
