@@ -127,6 +127,10 @@ def _main(argv):
     by_subject = {subject: list(lines) for subject, lines in invalid.items()}
     for problem in problems:
         by_subject.setdefault(problem.subject, []).append(str(problem))
+    for run in runs:  # a failed run's line goes into its subject's report too
+        by_subject[run.subject] = by_subject.get(run.subject, []) + [
+            line for line in failures if re.search(rf"\b{re.escape(run.prefix)}\b", line)
+        ]
     subjects = sorted({run.subject for run in runs} | set(by_subject) - {None})
     generate_reports(
         exe.output_dir, subjects, work_dir=exe.work_dir, problems_by_subject=by_subject
