@@ -11,14 +11,21 @@ _COLOURS = {"paramagnetic": "#e8412c", "diamagnetic": "#2c7be8", "rim": "#f2c200
             "norim": "#3cb44b"}  # fmt: skip
 
 
-def _slices_of(chi, mask, marks, n_slices):
-    """Axial slices (z) holding the most marked voxels, else evenly through the mask."""
-    counts = marks.sum(axis=(0, 1))
-    chosen = [int(z) for z in np.argsort(-counts)[:n_slices] if counts[z] > 0]
-    if not chosen:
-        zs = np.flatnonzero(mask.any(axis=(0, 1)))
-        chosen = [int(z) for z in np.linspace(zs[0], zs[-1], n_slices + 2)[1:-1]] if zs.size else []
-    return sorted(chosen)
+def _slices_of(mask, marks, n_slices):
+    """Axial slices (z) through the centres of the marked findings, at most `n_slices` spread
+    over them; without findings, evenly through the mask."""
+    from scipy import ndimage as ndi
+
+    pieces, n = ndi.label(marks)
+    if n:
+        centres = sorted(
+            {int(round(c[2])) for c in ndi.center_of_mass(marks, pieces, range(1, n + 1))}
+        )
+        if len(centres) > n_slices:
+            centres = [centres[int(i)] for i in np.linspace(0, len(centres) - 1, n_slices)]
+        return centres
+    zs = np.flatnonzero(mask.any(axis=(0, 1)))
+    return [int(z) for z in np.linspace(zs[0], zs[-1], n_slices + 2)[1:-1]] if zs.size else []
 
 
 @_styled
@@ -36,7 +43,7 @@ def plot_findings(chi, swi, mask, out, *, voxel_size, foci=None, lesions=None, r
     lesions = np.zeros(chi.shape, np.int16) if lesions is None else np.asarray(lesions)
     rims = rims or {}
     marks = (foci > 0) | (lesions > 0)
-    slices = _slices_of(chi, mask, marks, n_slices) or [chi.shape[2] // 2]
+    slices = _slices_of(mask, marks, n_slices) or [chi.shape[2] // 2]
     limit = _percentile(np.abs(chi[mask]), 99.0) or 0.1
     swi_max = _percentile(np.asarray(swi)[mask], 99.0) or 1.0
     voxel = np.asarray(voxel_size, float)
