@@ -81,9 +81,9 @@ def test_wh_qsm_recovers_chi_where_tv_is_biased_by_the_residual():
     assert np.abs(residual[mask]).max() > 3 * np.abs(local[mask]).max()
     wh = wh_qsm(field, mask, voxel_size=VOXEL)
     tv = INVERSIONS["tv"](field, mask, voxel_size=VOXEL)
-    # Measured: WH-QSM 10.6 % (10.2 % without the residual), TV 385 %, TKD 364 %.
+    # Measured: WH-QSM 12.6 % (7.2 % without the residual), TV 385 %, TKD 364 %.
     wh_error = metrics.nrmse(wh, chi, mask)
-    assert wh_error < 14.0
+    assert wh_error < 15.0
     assert metrics.nrmse(tv, chi, mask) > 5 * wh_error
     assert metrics.nrmse(INVERSIONS["tkd"](field, mask, voxel_size=VOXEL), chi, mask) > 100.0
     # Contrast kept: the core of the 0.2 ppm sphere against its surroundings (measured 0.192).
@@ -98,9 +98,9 @@ def test_wh_qsm_ignores_a_harmonic_residual():
     mask, chi, local, residual = _case()
     clean = wh_qsm(local, mask, voxel_size=VOXEL)
     spoiled = wh_qsm(local + residual, mask, voxel_size=VOXEL)
-    # Measured: 10.2 % against the truth, 3.1 % between the two maps.
-    assert metrics.nrmse(clean, chi, mask) < 13.0
-    assert metrics.nrmse(spoiled, clean, mask) < 6.0
+    # Measured: 7.2 % against the truth, 11.7 % between the two maps (TV: 385 %).
+    assert metrics.nrmse(clean, chi, mask) < 10.0
+    assert metrics.nrmse(spoiled, clean, mask) < 15.0
 
 
 def test_wh_qsm_output_and_extension_over_the_brain():
@@ -115,3 +115,24 @@ def test_wh_qsm_output_and_extension_over_the_brain():
 
 def test_wh_qsm_is_registered():
     assert INVERSIONS["whqsm"] is wh_qsm
+
+
+def test_regularization_follows_the_phase_convention():
+    """Twice the echo time with twice the (phase) regularisation is the same penalty in ppm."""
+    mask, _, local, residual = _case(shape=(32, 32, 32))
+    runs = [
+        wh_qsm(local + residual, mask, voxel_size=VOXEL, iterations=5, te=te, regularization=r)
+        for te, r in ((0.02, 5e-3), (0.04, 1e-2), (0.02, 1e-2))
+    ]
+    assert np.allclose(runs[0], runs[1], atol=1e-6)
+    assert not np.allclose(runs[0], runs[2], atol=1e-4)
+
+
+def test_wh_qsm_stops_on_its_tolerance_and_reports_iterations():
+    mask, _, local, _ = _case(shape=(32, 32, 32))
+    runs = {}
+    for tol in (0.0, 1e-2):
+        runs[tol] = {}
+        wh_qsm(local, mask, voxel_size=VOXEL, iterations=60, tol=tol, report=runs[tol])
+    assert runs[0.0] == {"iterations_run": 60}
+    assert 0 < runs[1e-2]["iterations_run"] < 60

@@ -23,6 +23,7 @@ from scipy import ndimage
 
 from .dipole import dipole_kernel, kspace_grid
 from .fftbox import FFTBox, irfftn, rfftn
+from .tgv import rad_per_ppm
 
 logger = logging.getLogger(__name__)
 
@@ -33,12 +34,17 @@ def wh_qsm(
     *,
     voxel_size,
     b0_dir=(0.0, 0.0, 1.0),
-    regularization=5e-4,
+    regularization=5e-3,
+    te=0.02,
+    b0_tesla=3.0,
     harmonic_weight=1e3,
     harmonic_penalty=0.3,
     iterations=100,
+    tol=1e-3,
+    pad_fraction=0.125,
     brain=None,
     extend_layers=1,
+    report=None,
 ):
     """Weak-harmonic QSM: chi (ppm) with a residual harmonic field fitted beside it.
 
@@ -46,28 +52,44 @@ def wh_qsm(
     voxel_size: mm; b0_dir: unit B0 vector in voxel axes. Minimises over chi and phi (ppm)
     1/2 ||M (D chi + phi - f)||^2 + alpha ||grad chi||_1 + beta/2 ||M Lap phi||^2
     (Milovic et al. 2019, with the linear data term), M the mask, grad forward differences
-    (1/mm, anisotropic L1), Lap the 7-point Laplacian (1/mm^2). alpha = `regularization`
-    (ppm mm, as `tv`), beta = `harmonic_weight` (mm^4): large enough that the smooth residual
-    background goes to phi, small enough that phi does not follow the local field of sources
-    inside the mask (whose Laplacian there is that of the source, D chi's Laplacian).
+    (1/mm, anisotropic L1), Lap the 7-point Laplacian (1/mm^2). beta = `harmonic_weight`
+    (mm^4): large enough that the smooth residual background goes to phi, small enough that
+    phi does not follow the local field of sources inside the mask.
+
+    alpha follows TGV's convention (see `invert.tgv`): `regularization` (rad mm) weighs the
+    total variation of a field expressed as phase in rad at echo time `te` (s) and field
+    strength `b0_tesla` (T), so alpha = regularization / (2 pi gamma_bar b0 te) in ppm mm.
+    Phase noise does not depend on TE or B0, so passing the acquisition's (noise-equivalent)
+    echo time keeps the penalty matched to the field's noise. The default, 5e-3, is 3.1e-4
+    ppm mm at 20 ms and 3 T. On the 2016 challenge's local field (TE 25 ms, 2.89 T), against
+    COSMOS: correlation 0.774 at a slope of 0.89 (5e-3), 0.794 at 0.79 (8e-3); a slope near 1
+    was preferred. On the head phantom's true total field with RESHARP, lighter is better
+    (NRMSE 51 / 43 / 39 % at 5 / 2 / 1e-4 ppm mm).
+
     ADMM with three splittings (z = D chi + phi, y = grad chi, h = Lap phi, the last with
     penalty `harmonic_penalty`, mm^4); the (chi, phi) step is a 2x2 system per frequency,
-    solved exactly; `iterations` ADMM iterations.
+    solved exactly; at most `iterations` ADMM iterations, fewer once the relative change of chi
+    in one iteration falls below `tol` (0: run them all). The box is padded by `pad_fraction`
+    of the mask's extent (at least 8 voxels): the data term holds on the mask only, so the
+    periodic wrap-around matters less than for a field set to zero outside.
     brain: optional bool brain mask; chi is then returned on the brain voxels up to
     `extend_layers` voxels outside `mask` too (from the regulariser, as `tgv` does).
+    report: optional dict that receives `iterations_run`.
     Returns chi (ppm), float32, 0 outside the mask (or its extension).
     """
     field, mask, voxel_size, b = _checked(local_field_ppm, mask, voxel_size, b0_dir)
-    box = FFTBox(mask, _fft_pad(mask))
+    box = FFTBox(mask, _fft_pad(mask, pad_fraction))
+    shape = box.shape
     inside = box.crop(mask).astype(np.float32)
     f = box.crop(np.where(mask, field, np.float32(0.0)))
-    kernel = _half(dipole_kernel(box.shape, voxel_size, b))
-    g2 = _gradient_power(box.shape, voxel_size)  # |grad|^2; the Laplacian's symbol is -g2
+    kernel = _half(dipole_kernel(shape, voxel_size, b))
+    g2 = _gradient_power(shape, voxel_size)  # |grad|^2; the Laplacian's symbol is -g2
+    alpha = np.float32(regularization / rad_per_ppm(te, b0_tesla))
     # Penalties of the splittings: data 1 (the data term's own scale), gradient 100 alpha as in
     # `tv`, Laplacian `harmonic_penalty`: on the test phantom 0.3 reaches in 100 iterations what
     # 10 (or beta / 100) does not in 300, whatever beta.
     mu = np.float32(1.0)
-    rho = np.float32(100.0 * regularization)
+    rho = np.float32(100.0) * alpha
     nu = np.float32(harmonic_penalty)
     beta = np.float32(harmonic_weight)
     # The 2x2 normal system [[mu D^2 + rho g2, mu D], [mu D, mu + nu g2^2]] per frequency.
@@ -79,25 +101,23 @@ def wh_qsm(
     inv11, inv12, inv22 = a22 / det, -a12 / det, a11 / det
     inv11[0, 0, 0], inv12[0, 0, 0], inv22[0, 0, 0] = 0.0, 0.0, 1.0 / mu
 
-    shape = box.shape
     chi = np.zeros(shape, dtype=np.float32)
     z, s = f.copy(), np.zeros(shape, dtype=np.float32)
     y, u = np.zeros((3, *shape), dtype=np.float32), np.zeros((3, *shape), dtype=np.float32)
     h, t = np.zeros(shape, dtype=np.float32), np.zeros(shape, dtype=np.float32)
     h_ = np.asarray(voxel_size, dtype=np.float32)
-    threshold = np.float32(regularization / rho)
+    threshold = np.float32(alpha / rho)
     grad = np.empty((3, *shape), dtype=np.float32)
-    for _ in range(iterations):
-        data_hat = rfftn(z - s)
-        div = np.empty(shape, dtype=np.float32)
+    div = np.empty(shape, dtype=np.float32)
+    done = 0
+    while done < iterations:
         _divergence(y - u, h_, div)  # -grad^T (y - u)
-        grad_t = -rfftn(div)
-        lap_t = -g2 * rfftn(h - t)  # Lap^T = Lap (symmetric)
-        r1 = mu * kernel * data_hat + rho * grad_t
-        r2 = mu * data_hat + nu * lap_t
+        data_hat = rfftn(z - s)
+        r1 = mu * kernel * data_hat - rho * rfftn(div)
+        r2 = mu * data_hat - nu * g2 * rfftn(h - t)  # Lap^T = Lap, symbol -g2
         chi_hat = inv11 * r1 + inv12 * r2
         phi_hat = inv12 * r1 + inv22 * r2
-        chi = irfftn(chi_hat, shape)
+        previous, chi = chi, irfftn(chi_hat, shape)
         model = irfftn(kernel * chi_hat + phi_hat, shape)
         lap_phi = irfftn(-g2 * phi_hat, shape)
         _gradient(chi, h_, grad)
@@ -109,8 +129,13 @@ def wh_qsm(
         # h: beta/2 ||M h||^2 + nu/2 ||Lap phi - h + t||^2, voxel by voxel.
         h = nu * (lap_phi + t) / (nu + beta * inside)
         t += lap_phi - h
-    support = _support(mask, brain, extend_layers)
-    return box.paste(chi, support)
+        done += 1
+        if tol > 0 and np.linalg.norm(chi - previous) <= tol * np.linalg.norm(chi):
+            break
+    logger.info("WH-QSM: %d iterations", done)
+    if report is not None:
+        report["iterations_run"] = done
+    return box.paste(chi, _support(mask, brain, extend_layers))
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -187,8 +212,8 @@ def _checked(field_ppm, mask, voxel_size, b0_dir):
     return field, mask, voxel_size, b / np.linalg.norm(b)
 
 
-def _fft_pad(mask, fraction=0.25, minimum=8):
-    """Zero padding (voxels per side): a quarter of the mask's extent, at least `minimum`."""
+def _fft_pad(mask, fraction, minimum=8):
+    """Zero padding (voxels per side): `fraction` of the mask's extent, at least `minimum`."""
     box = FFTBox(mask, 0).bbox
     return tuple(max(minimum, int(math.ceil(fraction * (s.stop - s.start)))) for s in box)
 
