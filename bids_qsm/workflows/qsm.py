@@ -28,22 +28,26 @@ _OUTPUTS = [
 def estimate_mem_gb(n_voxels, n_echoes):
     """Peak memory (GB) of each stage's node for a grid of `n_voxels` and `n_echoes` echoes.
 
-    Counted in float32 volumes that a stage holds at once (inputs, outputs, FFT work arrays on
-    a padded bounding box), plus the interpreter and its libraries.
+    Each stage costs a base (the interpreter and the libraries the stage loads, 0.12-0.2 GB)
+    plus a number of float32 volumes of the grid that it holds at once. The numbers are fitted
+    to each node's peak resident memory, run alone in a fresh process, on five-echo phantoms
+    at 2 mm and 1 mm (0.9 M and 6.9 M voxels; scripts/measure_memory.py, docs/hpc.md), with the
+    default methods; each estimate lies 0-30 % above what was measured. "readouts" is for the
+    foci, veins and lesion read-outs.
     """
     volume = n_voxels * 4 / 1e9
-    base = 0.4
     return {
-        "phase_units": base + volume * 5 * n_echoes,
-        "mask": base + volume * (2 * n_echoes + 10),
-        "unwrap": base + volume * (3 * n_echoes + 30),
-        "combine": base + volume * (3 * n_echoes + 10),
-        "relaxometry": base + volume * (2 * n_echoes + 8),
-        "background": base + volume * 40,
-        "invert": base + volume * 30,
-        "reference": base + volume * 4,
-        "swi": base + volume * (2 * n_echoes + 10),
-        "figures": base + volume * (2 * n_echoes + 8),
+        "phase_units": 0.15 + volume * 4 * n_echoes,
+        "mask": 0.2 + volume * (n_echoes + 4),
+        "unwrap": 0.2 + volume * (3 * n_echoes + 7),
+        "combine": 0.2 + volume * (3 * n_echoes + 3),
+        "relaxometry": 0.2 + volume * 2 * n_echoes,
+        "background": 0.2 + volume * 10,
+        "invert": 0.2 + volume * 16,
+        "reference": 0.15 + volume * 4,
+        "swi": 0.15 + volume * (2 * n_echoes + 5),
+        "figures": 0.12 + volume * 9,
+        "readouts": 0.15 + volume * 17,
     }
 
 
