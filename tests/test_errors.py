@@ -303,7 +303,7 @@ def test_crash_lines_name_the_run_and_the_error(tmp_path):
     mask, phase, unwrap = cli._crash_summaries(folder, [_Run()])
     assert mask.startswith("sub-01_ses-2: mask failed: RuntimeError: otsu mask is empty")
     assert phase == "/d/x.nii.gz: every voxel is 0 (no signal) (sub-01_ses-2 is not processed)"
-    assert "No space left on device; free some space" in unwrap
+    assert "No space left on device; free some, or put OUTPUT_DIR and --work-dir" in unwrap
 
 
 def test_brain_mask_that_ends_up_empty_fails_its_run(tmp_path):
@@ -398,7 +398,7 @@ def test_full_disk_exits_1_in_one_line(ds, tmp_path, capsys, monkeypatch):
     _full(monkeypatch, tmp_path / "work", 1000)
     code, lines = _main(tmp_path, ds, capsys=capsys)
     assert code == 1
-    assert len(lines) == 1 and "has 0 MB free, a run needs about" in lines[0]
+    assert len(lines) == 1 and "has 0 MB free, a run needs at least" in lines[0]
     assert not (tmp_path / "out" / "sub-01").exists()
 
 
