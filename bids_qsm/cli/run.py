@@ -160,16 +160,17 @@ def _check_folder(folder, what):
 
 def _check_space(work_dir, runs):
     """EX_FAILED after one line when the work directory's disk cannot hold even the smallest
-    run's intermediate images (about 4 float32 volumes per echo and 20 more); a warning when it
-    cannot hold them all. A disk that fills up later fails the runs it stops, each in one line."""
-    need = sorted(
-        4 * int(np.prod(run.grid[0])) * (4 * len(run.echoes) + 20) for run in runs
-    )  # fmt:skip
+    run's first step (its echoes as float32 magnitude and phase); a warning when it cannot hold
+    every run's intermediate images (about 3 float32 volumes per echo and 10 more). A disk that
+    fills up later fails the runs it stops, each in one line."""
+    voxels = [int(np.prod(run.grid[0])) * 4 for run in runs]
+    first = min(n * 2 * len(run.echoes) for n, run in zip(voxels, runs, strict=True))
+    need = [n * (3 * len(run.echoes) + 10) for n, run in zip(voxels, runs, strict=True)]
     free = shutil.disk_usage(work_dir).free
-    if free < need[0]:
+    if free < first:
         _error(
-            f"the work directory {work_dir} has {free / 1e6:.0f} MB free, a run needs about "
-            f"{need[0] / 1e6:.0f} MB; free some space or choose another --work-dir"
+            f"the work directory {work_dir} has {free / 1e6:.0f} MB free, a run needs at least "
+            f"{first / 1e6:.0f} MB; free some space or choose another --work-dir"
         )
         return EX_FAILED
     if free < sum(need):
@@ -390,7 +391,9 @@ def _run_workflow(settings, runs, segmentations, masks, verbosity, lesions=None)
     except Exception as err:  # noqa: BLE001 - Nipype raises plain RuntimeError on node failures
         failures = _crash_summaries(crash_dir, runs) or [f"processing failed: {err}"]
     failed = progress.summary(exe.output_dir, failures)
-    return failures or [f"{prefix}: not every output was written" for prefix in failed]
+    # every failed run gets its line, also one whose crash file could not be written
+    unnamed = [p for p in failed if not any(re.search(rf"\b{re.escape(p)}\b", f) for f in failures)]
+    return failures + [f"{prefix}: not every output was written" for prefix in unnamed]
 
 
 def _request_resources(workflow, user_args):
@@ -441,7 +444,9 @@ def _crash_summaries(crash_dir, runs=()):
         # the last exception line, nested ones (indented by Nipype) included, module path dropped
         errors = re.findall(r"^\s*(?:[\w]+\.)*(\w*(?:Error|Exception|Exit)\w*: .*)$", text, re.M)
         reason = errors[-1].strip() if errors else "see crash file"
-        name = node[1] if node else crash.name
+        # a crash file cut short (a full disk) still names its node in its own name
+        name = node[1] if node else re.sub(r"^crash-\d+-\d+-[^-]+-|-[0-9a-f-]{36}\.txt$", "",
+                                          crash.name)  # fmt:skip
         run = next((owners[part] for part in name.split(".") if part in owners), None)
         if reason.startswith("InputDataError: "):
             lines.append(
@@ -449,18 +454,30 @@ def _crash_summaries(crash_dir, runs=()):
             )
             continue
         step = f"{run}: {name.rsplit('.', 1)[-1]}" if run else name
-        lines.append(f"{step} failed: {_hint(reason)} (details: {crash})")
+        folder = re.search(r"^Working directory: (.+)$", text, re.M)
+        folder = Path(folder[1].strip()) if folder else Path(crash_dir)
+        full = folder if _disk_full(folder) else None
+        lines.append(f"{step} failed: {_hint(reason, full)} (details: {crash})")
     return lines
+
+
+def _disk_full(folder):
+    """Whether the disk of `folder` (or of its nearest existing parent) has under 1 MB free."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    return existing is not None and shutil.disk_usage(existing).free < 1e6
 
 
 # ends the line of a run refused on loading its images
 _INPUT_FAILURE = " is not processed"
 
 
-def _hint(reason):
-    """The crash's error line, with what to do where the cause is the machine's."""
-    if "No space left on device" in reason:
-        return f"{reason}; free some space, or use a --work-dir on a disk with space"
+def _hint(reason, full_folder=None):
+    """The crash's error line, with what to do where the cause is the machine's. full_folder:
+    the step's folder, on a full disk (its result could not be written, which Nipype reports
+    as a missing file or a dead worker)."""
+    if full_folder is not None or "No space left on device" in reason:
+        why = f"; the disk of {full_folder} is full" if full_folder is not None else ""
+        return f"{reason}{why}; free some, or put OUTPUT_DIR and --work-dir on a disk with space"
     if "MemoryError" in reason or "process running this node died" in reason:
         return f"{reason}; give the run more memory, or lower --nprocs"
     return reason
