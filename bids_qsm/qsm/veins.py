@@ -30,10 +30,28 @@ def vesselness(chi, mask, *, voxel_size, scales_mm=(1.0, 1.5, 2.0, 3.0), alpha=0
 
     chi outside `mask` and below zero is set to zero first (only paramagnetic tubes count);
     Hessians are scale-normalised (sigma^2). The structure term's constant is half the largest
-    Hessian norm of each scale, as Frangi proposed.
+    Hessian norm of each scale, as Frangi proposed. Computed on the mask's bounding box (with a
+    margin of three of the largest sigmas), zero elsewhere.
     """
     voxel = np.asarray(voxel_size, float)
-    positive = np.where(np.asarray(mask, bool), np.maximum(np.asarray(chi, np.float32), 0), 0)
+    mask = np.asarray(mask, bool)
+    vesselness_full = np.zeros(mask.shape, np.float32)
+    scale_full = np.zeros(mask.shape, np.float32)
+    if not mask.any():
+        return vesselness_full, scale_full
+    where = np.argwhere(mask)
+    margin = np.ceil(3 * max(scales_mm) / voxel).astype(int)
+    lo = np.maximum(where.min(axis=0) - margin, 0)
+    hi = np.minimum(where.max(axis=0) + margin + 1, mask.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    vesselness_full[box], scale_full[box] = _vesselness_box(
+        np.asarray(chi, np.float32)[box], mask[box], voxel, scales_mm, alpha, beta
+    )
+    return vesselness_full, scale_full
+
+
+def _vesselness_box(chi, mask, voxel, scales_mm, alpha, beta):
+    positive = np.where(mask, np.maximum(chi, 0), 0).astype(np.float32)
     best = np.zeros(positive.shape, np.float32)
     best_scale = np.zeros(positive.shape, np.float32)
     for scale in scales_mm:
