@@ -340,6 +340,43 @@ def test_session_that_does_not_exist_exits_18(ds, tmp_path, capsys):
     assert code == 18 and "ses-9" in lines[0]
 
 
+def _findings(*items):
+    from bids_qsm.validation import Finding
+
+    return lambda bids_dir: [Finding(code, location, "") for code, location in items]
+
+
+def test_validation_errors_in_a_subjects_files_leave_only_that_subject_out(
+    ds, tmp_path, capsys, monkeypatch
+):
+    broken = add_run(ds, "01")
+    add_run(ds, "02")
+    broken[("1", "phase")].write_bytes(b"")  # sub-01 refused at ingest: nothing is processed
+    bad = "/sub-02/anat/sub-02_echo-1_part-mag_MEGRE.nii.gz"
+    findings = _findings(("EMPTY_FILE", bad), ("PARTICIPANT_ID_MISMATCH", "/participants.tsv"))
+    monkeypatch.setattr("bids_qsm.validation.validate", findings)
+    code = main([str(ds), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "w")])
+    lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert code == 16
+    assert (
+        f"bids_qsm: error: BIDS validation: {ds}{bad}: EMPTY_FILE (sub-02 is not processed)"
+        in lines
+    )
+    assert any(str(broken[("1", "phase")]) in line for line in lines)  # sub-01 was still read
+    assert not any("is not valid BIDS" in line for line in lines)
+
+
+def test_validation_errors_in_the_datasets_own_files_stop_with_16(ds, tmp_path, capsys,
+                                                                   monkeypatch):  # fmt:skip
+    add_run(ds, "01")
+    findings = _findings(("MISSING_DATASET_DESCRIPTION", "/dataset_description.json"))
+    monkeypatch.setattr("bids_qsm.validation.validate", findings)
+    code = main([str(ds), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "w")])
+    err = capsys.readouterr().err
+    assert code == 16 and f"{ds} is not valid BIDS" in err
+    assert not (tmp_path / "out").exists()
+
+
 # --- output and work folders: exit 2 (command line) or 1 ---------------------------------------
 
 
