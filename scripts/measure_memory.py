@@ -4,8 +4,8 @@
         re-runs every finished computing node of a work directory alone in a fresh process and
         prints its peak resident memory (GB) beside the node's `mem_gb` estimate;
     python scripts/measure_memory.py run -- bids_qsm BIDS OUT participant ...
-        runs a command and prints its wall time and the peak of the summed resident memory of
-        the command and all its descendants (sampled every 0.1 s from /proc).
+        runs a command and prints its wall time, the CPU time of it and all its descendants, and
+        the peak of their summed resident memory (sampled every 0.1 s from /proc).
 
 Linux only (ru_maxrss in kB, /proc). Used for the figures in docs/hpc.md.
 """
@@ -27,8 +27,8 @@ base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 cwd = tempfile.mkdtemp(dir=sys.argv[2])
 os.chdir(cwd)
 node.interface.run(cwd=cwd)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(base / 1e6, peak / 1e6, node.mem_gb)
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(usage.ru_utime + usage.ru_stime, base / 1e6, usage.ru_maxrss / 1e6, node.mem_gb)
 """
 
 # nodes that only move metadata or files: not worth a process each
@@ -52,14 +52,16 @@ def measure_nodes(work_dir):
             if done.returncode:
                 print(f"{folder}: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
                 continue
-            base, peak, estimate = map(float, done.stdout.split()[-3:])
+            cpu, base, peak, estimate = map(float, done.stdout.split()[-4:])
             name = str(folder.relative_to(work_dir))
-            rows.append({"node": name, "startup_gb": base, "peak_gb": peak, "mem_gb": estimate})
-    print(f"{'node':70s} {'startup':>8s} {'peak':>8s} {'mem_gb':>8s} {'est/peak':>8s}")
+            rows.append({"node": name, "cpu_s": cpu, "startup_gb": base, "peak_gb": peak,
+                         "mem_gb": estimate})  # fmt:skip
+    header = ("cpu_s", "startup", "peak", "mem_gb", "est/peak")
+    print(f"{'node':64s} {header[0]:>6s}" + "".join(f" {h:>8s}" for h in header[1:]))
     for row in rows:
         ratio = row["mem_gb"] / row["peak_gb"]
-        print(f"{row['node']:70s} {row['startup_gb']:8.3f} {row['peak_gb']:8.3f} "
-              f"{row['mem_gb']:8.3f} {ratio:8.2f}")  # fmt:skip
+        print(f"{row['node']:64s} {row['cpu_s']:6.1f} {row['startup_gb']:8.3f} "
+              f"{row['peak_gb']:8.3f} {row['mem_gb']:8.3f} {ratio:8.2f}")  # fmt:skip
     return rows
 
 
@@ -93,11 +95,16 @@ def measure_run(command):
     start = time.monotonic()
     process = subprocess.Popen(command)
     peak = 0
-    while process.poll() is None:
+    while True:
+        # wait4 reports the CPU time of the whole tree (descendants are reaped by their parents)
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            break
         peak = max(peak, _tree_rss_kb(process.pid))
         time.sleep(0.1)
     wall = time.monotonic() - start
-    result = {"returncode": process.returncode, "wall_s": round(wall, 1),
+    result = {"returncode": os.waitstatus_to_exitcode(status), "wall_s": round(wall, 1),
+              "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
               "peak_tree_rss_gb": round(peak / 1e6, 3)}  # fmt:skip
     print(json.dumps(result))
     return result
