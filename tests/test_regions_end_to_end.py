@@ -87,7 +87,8 @@ def test_report_shows_every_figure(cohort):
     _, out, _, _ = cohort
     html = (out / "sub-01.html").read_text()
     figures = sorted((out / "sub-01" / "figures").glob("*.svg"))
-    assert len(figures) == 6
+    assert len(figures) == 7  # the run's six and the findings of the foci read-out (default)
+    assert any(f.name.endswith("_desc-findings_qsm.svg") for f in figures)
     for figure in figures:
         assert f"sub-01/figures/{figure.name}" in html
     assert "V-SHARP" in html or "Background" in html
