@@ -53,14 +53,15 @@ def dataset(tmp_path_factory):
     return root, bids
 
 
-def _kill_during_inversion(command, invert_dir, timeout=600):
-    """Start `command`, SIGKILL it (all its processes) once the inversion has started."""
+def _kill_during_inversion(command, work, timeout=600):
+    """Start `command`, SIGKILL it (all its processes) once the inversion has started; the
+    inversion node's folder."""
     process = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
     )
     deadline = time.monotonic() + timeout
     try:
-        while not (invert_dir / "_node.pklz").exists():
+        while not (started := list(Path(work).rglob("invert/_node.pklz"))):
             assert process.poll() is None, process.stderr.read().decode()[-3000:]
             assert time.monotonic() < deadline, "the inversion never started"
             time.sleep(0.05)
@@ -69,13 +70,13 @@ def _kill_during_inversion(command, invert_dir, timeout=600):
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         process.stderr.close()
+    return started[0].parent
 
 
 def test_a_killed_run_resumes_without_recomputing_and_writes_the_same(dataset):
     root, bids = dataset
     work, out = root / "work", root / "out"
-    invert_dir = work / "bids_qsm_wf" / "sub_01_wf" / "qsm_sub_01_wf" / "invert"
-    _kill_during_inversion(_command(bids, out, work), invert_dir)
+    invert_dir = _kill_during_inversion(_command(bids, out, work), work)
     finished = _results(work)
     assert not (invert_dir / "result_invert.pklz").exists(), "killed too late"
     assert len(finished) >= 6, sorted(str(p) for p in finished)
@@ -110,4 +111,4 @@ def test_a_killed_run_resumes_without_recomputing_and_writes_the_same(dataset):
 
 
 _STAGES = {"phase_units", "mask", "unwrap", "combine", "relaxometry", "background", "invert",
-           "reference", "swi", "figures"}  # fmt:skip
+           "reference", "swi", "figures", "foci", "veins", "lesions"}  # fmt:skip
