@@ -27,7 +27,7 @@ grid = np.indices((24, 24, 24)) - 11.5
 ball = (grid**2).sum(0) < 81
 lap = np.where(ball, np.sin(grid[0] / 3) * np.cos(grid[2] / 4), 0).astype(np.float32)
 chi, _ = tgv.solve(lap, ball, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), alpha1=0.016,
-                   alpha0=0.048, iterations=60)
+                   alpha0=0.048, iterations=60, tol=1e-12)
 np.save(sys.argv[1], chi)
 """
 
