@@ -227,6 +227,8 @@ def _image(tmp_path, data, name="img.nii.gz"):
         ("phase", "auto", lambda s: np.full(s, 2048.0), "a constant image is not a phase image"),
         ("phase", "rad", lambda s: np.linspace(-4096, 4095, np.prod(s)).reshape(s),
          "beyond any range of radians"),
+        ("phase", "arbitrary", lambda s: np.linspace(0, 1e6, np.prod(s)).reshape(s),
+         "beyond every known phase scaling"),
         ("phase", "auto", lambda s: np.full(s, np.nan), "every voxel is NaN or infinite"),
         ("mag", "auto", lambda s: np.full(s, np.inf), "every voxel is NaN or infinite"),
         ("mag", "auto", lambda s: np.where(np.arange(np.prod(s)).reshape(s) % 4, np.nan, 1.0),
@@ -234,7 +236,7 @@ def _image(tmp_path, data, name="img.nii.gz"):
         ("imag", "auto", lambda s: np.zeros(s), "every voxel is 0 (no signal)"),
     ],
     ids=["mag-zero", "mag-negative", "phase-zero", "phase-constant", "phase-not-radians",
-         "phase-nan", "mag-inf", "mag-mostly-nan", "imag-zero"],
+         "phase-no-known-scaling", "phase-nan", "mag-inf", "mag-mostly-nan", "imag-zero"],
 )  # fmt:skip
 def test_refused_on_loading_in_one_line_naming_the_file(tmp_path, part, units, make, fragment):
     path = _image(tmp_path, make((6, 5, 4)))

@@ -22,6 +22,7 @@ _MAX_ECHOES = 16
 _MAX_NONFINITE = 0.5  # fraction of NaN/Inf voxels beyond which a volume is not data
 _MAX_NEGATIVE = 0.05  # fraction of negative voxels a magnitude may show (interpolation ringing)
 _RAD_LIMIT = 2 * np.pi + 1e-3  # radians come in [-pi, pi) or [0, 2 pi)
+_MAX_STORED_PHASE = 65536.0  # vendors store phase in 12 or 16 bits at most
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,11 @@ def check_volume(data, *, path, part, units="auto"):
         if vmin == vmax:
             raise InputDataError(
                 f"{path}: every voxel is {vmin:.6g}: a constant image is not a phase image"
+            )
+        if max(-vmin, vmax) > _MAX_STORED_PHASE:
+            raise InputDataError(
+                f"{path}: values span [{vmin:.6g}, {vmax:.6g}], beyond every known phase "
+                "scaling (radians, degrees, 12- or 16-bit integers): not a phase image"
             )
         if units == "rad" and max(-vmin, vmax) > _RAD_LIMIT:
             raise InputDataError(
