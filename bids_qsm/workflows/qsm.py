@@ -595,7 +595,7 @@ def init_readouts_wf(
     sentences = []
     if foci:
         foci_node = pe.Node(Foci(params=dict(parameters.get("foci", {}))), name="foci",
-                            mem_gb=mem_gb["figures"])  # fmt:skip
+                            mem_gb=mem_gb["readouts"])  # fmt:skip
         workflow.connect([
             (inputnode, foci_node, [
                 ("chimap", "chimap"), ("mask", "mask"), ("magnitude", "magnitude"),
@@ -616,7 +616,7 @@ def init_readouts_wf(
         veins_node = pe.Node(
             Veins(hct=hct, params=dict(parameters.get("veins", {})),
                   reference_labels=list(csf_labels)),
-            name="veins", mem_gb=max(mem_gb["figures"], mem_gb["invert"]),
+            name="veins", mem_gb=mem_gb["readouts"],
         )  # fmt:skip
         workflow.connect([
             (inputnode, veins_node, [("chimap", "chimap"), ("mask", "mask")]),
@@ -635,7 +635,7 @@ def init_readouts_wf(
         lesions_node = pe.Node(
             Lesions(params=dict(parameters.get("lesions", {})),
                     white_matter_labels=list(white_matter_labels)),
-            name="lesions", mem_gb=mem_gb["figures"],
+            name="lesions", mem_gb=mem_gb["readouts"],
         )  # fmt:skip
         workflow.connect([
             (inputnode, lesions_node, [
