@@ -31,9 +31,9 @@ def estimate_mem_gb(n_voxels, n_echoes):
     Each stage costs a base (the interpreter and the libraries the stage loads, 0.12-0.2 GB)
     plus a number of float32 volumes of the grid that it holds at once. The numbers are fitted
     to each node's peak resident memory, run alone in a fresh process, on five-echo phantoms
-    at 2 mm and 1 mm (0.9 M and 6.9 M voxels; scripts/measure_memory.py, docs/hpc.md), with the
-    default methods; each estimate lies 0-30 % above what was measured. "readouts" is for the
-    foci, veins and lesion read-outs.
+    at 2 mm, 1 mm and 0.5x0.5x2 mm (0.9, 6.9 and 13.8 M voxels; scripts/measure_memory.py,
+    docs/hpc.md), with the default methods: each estimate lies within 30 % of what was
+    measured, most of them 3-26 % above. "readouts" is for the foci, veins and lesion read-outs.
     """
     volume = n_voxels * 4 / 1e9
     return {
@@ -46,7 +46,7 @@ def estimate_mem_gb(n_voxels, n_echoes):
         "invert": 0.2 + volume * 16,
         "reference": 0.15 + volume * 4,
         "swi": 0.15 + volume * (2 * n_echoes + 5),
-        "figures": 0.12 + volume * 9,
+        "figures": 0.12 + volume * 7.5,
         "readouts": 0.15 + volume * 17,
     }
 
