@@ -12,6 +12,8 @@ magic-angle cone, so every method regularises:
 - `whqsm`: total variation with a residual harmonic field fitted jointly, for the background
   that background removal leaves at the brain's edge (Milovic et al. 2019); see
   `harmonic_inversion.py`.
+- `tfi`: total variation with sources outside the mask fitted too, penalised 30 times less
+  (preconditioned total field inversion, Liu et al. 2017); see `harmonic_inversion.py`.
 
 All methods share `f(local_field_ppm, mask, *, voxel_size, b0_dir, <options>) -> chi_ppm`:
 float32, 0 outside the mask, computed on the mask's bounding box padded with zeros for the FFT.
@@ -29,7 +31,7 @@ from scipy import ndimage
 from . import tgv as _tgv
 from .dipole import dipole_kernel, kspace_grid
 from .fftbox import FFTBox, bounding_box, irfftn, rfftn
-from .harmonic_inversion import wh_qsm
+from .harmonic_inversion import tfi, wh_qsm
 
 logger = logging.getLogger(__name__)
 
@@ -329,4 +331,5 @@ INVERSIONS = {
     "tkd": tkd,
     "tv": tv,
     "whqsm": wh_qsm,
+    "tfi": tfi,
 }
