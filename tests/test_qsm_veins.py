@@ -70,3 +70,16 @@ def test_thin_veins_are_measured_on_their_centrelines_and_said_so():
     assert result["vein_volume_mm3"] == 40 * 8.0
     empty = measure_veins(chi, np.zeros(shape, bool), np.ones(shape, bool), voxel_size=VOXEL)
     assert empty["vein_ppm"] is None and empty["Y"] is None and empty["measured_on"] is None
+
+
+def test_veins_near_the_brains_edge_are_not_measured():
+    shape = (40, 40, 40)
+    mask = np.zeros(shape, bool)
+    mask[2:38, 2:38, 2:38] = True
+    veins = np.zeros(shape, bool)
+    chi = np.zeros(shape, np.float32)
+    veins[8:32, 3:6, 18:21], chi[8:32, 3:6, 18:21] = True, 0.6  # a residual streak at the edge
+    veins[8:32, 18:21, 18:21], chi[8:32, 18:21, 18:21] = True, 0.3  # a deep vein
+    result = measure_veins(chi, veins, mask, voxel_size=VOXEL, min_depth_mm=10.0)
+    assert result["vein_ppm"] == pytest.approx(0.3) and result["measured_on"] == "wide veins"
+    assert measure_veins(chi, veins, mask, voxel_size=VOXEL, min_depth_mm=0)["vein_ppm"] > 0.3
