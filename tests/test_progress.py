@@ -1,6 +1,7 @@
 """Progress lines per finished stage, the closing summary, -q, and --plugin-args from YAML."""
 
 import logging
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -8,7 +9,7 @@ from nipype import Node, Workflow
 from nipype.interfaces.utility import Function
 
 from bids_qsm.cli.parser import parse_args
-from bids_qsm.cli.progress import Progress
+from bids_qsm.cli.progress import Progress, wait_for_slurm_jobs
 
 RUN = SimpleNamespace(prefix="sub-01_ses-1", subject="01")
 
@@ -107,3 +108,27 @@ def test_quiet_and_plugin_args_from_a_yaml_file(tmp_path):
     with pytest.raises(SystemExit):
         parse_args([str(bids), str(tmp_path / "o"), "participant", "--plugin-args",
                     str(plugin_args)])  # fmt:skip
+
+
+def test_waiting_for_slurmgraph_jobs_cancels_those_that_can_never_run(tmp_path, monkeypatch):
+    """With stand-ins for squeue and scancel: a job whose dependency failed is cancelled, then
+    one left waiting on a dependency with nothing else of the run queued; others' jobs stay."""
+    batch, bin_dir = tmp_path / "work" / "batch", tmp_path / "bin"
+    bin_dir.mkdir()
+    queue = tmp_path / "queue"
+    queue.write_text(
+        f"1|PENDING|DependencyNeverSatisfied|{batch}/a.sh\n"
+        f"2|PENDING|Dependency|{batch}/b.sh\n"
+        "3|RUNNING|None|/elsewhere/batch/c.sh\n"
+    )
+    (bin_dir / "squeue").write_text(f"#!/bin/sh\ncat {queue}\n")
+    (bin_dir / "scancel").write_text(
+        f'#!/bin/sh\nfor job in "$@"; do grep -v "^$job|" {queue} > {queue}.new; '
+        f"mv {queue}.new {queue}; echo $job >> {tmp_path / 'cancelled'}; done\n"
+    )
+    for tool in ("squeue", "scancel"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    assert wait_for_slurm_jobs(batch, poll_s=0.01, stuck_polls=3) == 2
+    assert (tmp_path / "cancelled").read_text().split() == ["1", "2"]
+    assert queue.read_text() == "3|RUNNING|None|/elsewhere/batch/c.sh\n"
