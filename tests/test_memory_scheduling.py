@@ -53,3 +53,21 @@ def test_estimates_grow_with_the_grid_and_the_echoes():
                 "background": 0.403, "swi": 0.522}  # fmt:skip
     for stage, gb in measured.items():
         assert gb <= large[stage] <= 1.3 * gb, stage
+
+
+def test_slurm_jobs_ask_for_the_estimates_unless_the_user_set_them():
+    from bids_qsm.cli.run import _request_resources
+
+    def graph():
+        workflow = Workflow(name="jobs")
+        node = Node(Function(function=_span, input_names=["index"], output_names=["span"]),
+                    name="step", mem_gb=1.5, n_procs=3)  # fmt:skip
+        workflow.add_nodes([node])
+        return workflow, node
+
+    workflow, node = graph()
+    _request_resources(workflow, "-p short")
+    assert node.plugin_args == {"sbatch_args": " --mem=1536M --cpus-per-task=3", "overwrite": False}
+    workflow, node = graph()
+    _request_resources(workflow, "-p big --mem=64G -c 8")
+    assert node.plugin_args == {}
