@@ -62,6 +62,12 @@ class Progress:
     def __call__(self, node, status):
         if status == "start":
             return
+        try:
+            self._report(node, status)
+        except Exception:  # noqa: BLE001 - a progress line is never worth stopping the run
+            logger.debug("no progress line for %s", node, exc_info=True)
+
+    def _report(self, node, status):
         prefix = self._run_of(node)
         if prefix is None:
             return
