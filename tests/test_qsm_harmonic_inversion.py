@@ -146,21 +146,15 @@ def test_wh_qsm_stops_on_its_tolerance_and_reports_iterations():
 
 def test_tfi_fits_a_residual_background_with_sources_outside():
     """A fifth of the residual (what RESHARP leaves is of that order): TFI recovers chi where TV
-    cannot, and without the preconditioner (outside as costly as inside) it fails too."""
+    cannot, and without its preconditioner (sources outside as costly as inside) it fails too."""
     mask, chi, local, residual = _case()
     field = local + 0.2 * residual
-    # Measured: TFI 6.6 %, TV 70.7 %.
-    assert metrics.nrmse(tfi(field, mask, voxel_size=VOXEL), chi, mask) < 10.0
+    run = {"voxel_size": VOXEL, "pad_mm": 12.0, "iterations": 60}
+    # Measured: TFI 11.4 % (6.6 % after its default 200 iterations), 65.9 % with outside_scale
+    # 1, TV 70.7 %.
+    assert metrics.nrmse(tfi(field, mask, **run), chi, mask) < 15.0
+    assert metrics.nrmse(tfi(field, mask, **run, outside_scale=1.0), chi, mask) > 40.0
     assert metrics.nrmse(INVERSIONS["tv"](field, mask, voxel_size=VOXEL), chi, mask) > 50.0
-
-
-def test_tfi_needs_its_preconditioner():
-    """The full residual: 42 % with sources outside 30 times cheaper, 397 % at equal cost."""
-    mask, chi, local, residual = _case()
-    field = local + residual
-    assert metrics.nrmse(tfi(field, mask, voxel_size=VOXEL), chi, mask) < 50.0
-    equal = tfi(field, mask, voxel_size=VOXEL, outside_scale=1.0, iterations=100)
-    assert metrics.nrmse(equal, chi, mask) > 150.0
 
 
 def test_tfi_output_and_registration():
