@@ -52,8 +52,8 @@ class Workflow:
     unwrap: str = "romeo"
     combine: str = "linear"
     relaxometry: str = "loglinear"
-    background: str = "resharp"
-    inversion: str = "tgv"
+    background: str = "lbv"
+    inversion: str = "tfi"
     reference: str = "mean"
     reference_labels: str = "csf"
     mask_dir: Path | None = None

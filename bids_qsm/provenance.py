@@ -13,8 +13,9 @@ SIDECAR_STAGES = {
     "DipoleInversion": ("inversion", "inversion"),
     "Referencing": ("reference", "reference"),
 }
-# b0_direction is read off the data's affine; iterations_run is what TGV measured, not a setting
-_NOT_SETTINGS = ("method", "b0_direction", "iterations_run")
+# b0_direction is read off the data's affine; iterations_run is what TGV measured, not a setting;
+# unreliable_edge is what background removal left out of the mask (its thresholds are fixed)
+_NOT_SETTINGS = ("method", "b0_direction", "iterations_run", "unreliable_edge")
 
 
 def apply_sidecar(workflow, sidecar):

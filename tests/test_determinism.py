@@ -74,12 +74,6 @@ def test_rerun_maps_are_finite_and_not_empty(two_runs):
     assert np.isfinite(chi).all() and np.count_nonzero(chi) > 1000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tgv._iterate is compiled with fastmath (reassoc): a freshly compiled kernel and the "
-    "one numba loads from its cache round differently (about 1e-7 relative), so the first "
-    "run after a cache is emptied differs from later ones. fastmath without 'reassoc' fixes it.",
-)
 def test_fresh_and_cached_tgv_kernels_agree(tmp_path):
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
     for name in ("fresh", "cached"):

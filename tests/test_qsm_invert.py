@@ -47,7 +47,10 @@ def test_dispatch_table_signatures():
         for key in ("voxel_size", "b0_dir"):
             assert params[key].kind is inspect.Parameter.KEYWORD_ONLY, name
         for p in list(params.values())[2:]:
-            if p.name not in ("voxel_size", "brain", "report"):  # data the interface fills in
+            if p.name not in ("voxel_size", "brain", "report", "noise_ppm"):  # data it fills in
+                if (name, p.name) in (("tgv", "alpha1"), ("tgv", "alpha0")):
+                    assert p.default is None, "None: the strength follows the field's noise"
+                    continue
                 assert isinstance(p.default, (int, float, str, tuple)), (name, p.name)
 
 
@@ -77,13 +80,48 @@ def test_tgv_reports_the_iterations_it_made():
         runs[name] = {}
         INVERSIONS["tgv"](field, mask, voxel_size=(voxel_size,) * 3, iterations=40, tol=tol,
                           report=runs[name])  # fmt:skip
-    assert runs["all"] == {"iterations_run": 40}
-    assert runs["fine"] == {"iterations_run": 113}  # 40 / sqrt(0.125)
+    assert runs["all"]["iterations_run"] == 40
+    assert runs["fine"]["iterations_run"] == 113  # 40 / sqrt(0.125)
     assert 0 < runs["early"]["iterations_run"] < 40
 
 
-def test_tgv_is_the_default():
-    assert next(iter(INVERSIONS)) == "tgv"
+def test_tgv_strength_follows_the_field_noise():
+    """With no alphas given, alpha1 is `TGV_ALPHA_PER_NOISE` times the phase noise at te
+    (noise_ppm * 2 pi gamma_bar b0 te), alpha0 three times that; without a noise level the
+    fixed fallback. A noisy field regularised for its own noise keeps less of it in the map than
+    regularised as if it were quiet."""
+    from bids_qsm.qsm import tgv as T
+    from bids_qsm.qsm.invert import TGV_ALPHA1_WITHOUT_NOISE, TGV_ALPHA_PER_NOISE, tgv
+
+    field, mask, r = _sphere_case(shape=(40, 40, 40))
+    used = {}
+    for name, noise in (("quiet", 1e-3), ("noisy", 4e-3), ("unknown", None)):
+        used[name] = {}
+        tgv(field, mask, voxel_size=(1.0, 1.0, 1.0), noise_ppm=noise, te=0.03, b0_tesla=3.0,
+            iterations=10, report=used[name])  # fmt:skip
+    expected = TGV_ALPHA_PER_NOISE * 1e-3 * T.rad_per_ppm(0.03, 3.0)
+    assert np.isclose(used["quiet"]["alpha1"], expected, rtol=1e-6)
+    assert np.isclose(used["noisy"]["alpha1"], 4 * expected, rtol=1e-6)
+    assert np.isclose(used["quiet"]["alpha0"], 3 * used["quiet"]["alpha1"])
+    assert used["unknown"]["alpha1"] == TGV_ALPHA1_WITHOUT_NOISE
+
+    rng = np.random.default_rng(0)
+    sigma = 8e-3
+    noisy = field + rng.normal(0, sigma, field.shape).astype(np.float32)
+    residual = {}
+    for name, level in (("tied", sigma), ("as if quiet", sigma / 4)):
+        common = dict(voxel_size=(1.0, 1.0, 1.0), noise_ppm=level, te=0.03, b0_tesla=3.0,
+                      iterations=200)  # fmt:skip
+        chi = tgv(noisy, mask, **common) - tgv(field, mask, **common)
+        residual[name] = np.std(chi[r < 10])
+    assert residual["tied"] < 0.7 * residual["as if quiet"]
+
+
+def test_defaults_of_the_pipeline_are_lbv_and_tfi():
+    """Chosen by measurement on the realistic fixtures (docs/validation.md)."""
+    from bids_qsm.config import Workflow
+
+    assert (Workflow().background, Workflow().inversion) == ("lbv", "tfi")
 
 
 @pytest.mark.parametrize("method", ["tkd", "tikhonov", "tv"])

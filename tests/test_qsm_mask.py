@@ -4,7 +4,7 @@ deep grey matter, a skull gap, a bright scalp shell and Rician background noise.
 import numpy as np
 import pytest
 
-from bids_qsm.qsm.mask import MASKS, otsu
+from bids_qsm.qsm.mask import MASKS, otsu, reliable_field
 
 SHAPE = (80, 80, 64)
 TE = np.array([4.0, 10.0, 16.0, 22.0]) * 1e-3
@@ -131,3 +131,33 @@ def test_invivo_crop_keeps_the_vein(shared_data):
         mask = MASKS[method](mag, voxel_size=(0.47, 0.47, 1.0), phase=phase, te=(4e-3, 8e-3, 12e-3))
         assert mask[vein].mean() > 0.98, method
         assert mask.mean() > 0.95, method
+
+
+def test_reliable_field_drops_the_untrustworthy_edge_and_keeps_the_inside():
+    """A ball whose outer shell partly reaches into noise (high noise, random field) and holds a
+    few wrapped voxels (field off by 1/dTE, normal noise); inside it a vein-like line of noisy
+    voxels and a strong but smooth field gradient. Only the bad edge voxels go."""
+    rng = np.random.default_rng(1)
+    shape = (40, 40, 40)
+    x, y, z = np.meshgrid(*[np.arange(n) - 19.5 for n in shape], indexing="ij")
+    r = np.sqrt(x**2 + y**2 + z**2)
+    mask = r < 15
+    field = (3.0 * x + 0.05 * y * z).astype(np.float32)  # Hz: 3 Hz per voxel, smooth
+    noise = np.full(shape, 0.1, np.float32)
+    shell = mask & (r >= 14)
+    garbage = shell & (x > 8)
+    field[garbage] = rng.uniform(-200, 200, garbage.sum())
+    noise[garbage] = 5.0
+    wrapped = shell & (x < -8) & (np.abs(y) < 1) & (np.abs(z) < 1)
+    spacing = 0.005
+    field[wrapped] += 1 / spacing
+    vein = (np.abs(y) < 1) & (np.abs(z - 3) < 1) & (np.abs(x) < 8)
+    noise[vein] = 2.0
+    kept = reliable_field(mask, field, noise, echo_spacing_s=spacing, noise_factor=10)
+    assert not (kept & garbage).any() and not (kept & wrapped).any()
+    assert kept[vein].all() and not (kept & ~mask).any()
+    assert (mask & ~kept & ~garbage & ~wrapped).sum() < 0.01 * mask.sum()
+
+    # Without the echo spacing the wrapped voxels cannot be told from field, and stay.
+    kept = reliable_field(mask, field, noise, echo_spacing_s=None, noise_factor=10)
+    assert kept[wrapped].all() and not (kept & garbage).any()

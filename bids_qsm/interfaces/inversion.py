@@ -7,6 +7,7 @@ from bids_qsm.interfaces.fieldmap import _StageInputSpec, _StageOutputSpec
 from bids_qsm.interfaces.nifti import geometry, load, load_mask, run_stage, save_like
 from bids_qsm.qsm.background import BACKGROUND
 from bids_qsm.qsm.invert import INVERSIONS
+from bids_qsm.qsm.mask import reliable_field
 from bids_qsm.qsm.reference import REFERENCES
 from bids_qsm.qsm.units import hz_to_ppm
 
@@ -16,6 +17,21 @@ class _BackgroundInputSpec(_StageInputSpec):
     mask = File(exists=True, mandatory=True, desc="brain mask")
     field_strength = traits.Float(mandatory=True, desc="B0 (T)")
     method = traits.Enum(*BACKGROUND, usedefault=True, desc="background field removal")
+    noise = File(
+        exists=True,
+        desc="standard error of the field (Hz): edge voxels whose field "
+        "cannot be trusted are left out of the mask first (`mask.reliable_field`)",
+    )
+    echo_times = traits.List(traits.Float, desc="echo times (s), for the wrap test at the edge")
+    noise_factor = traits.Float(
+        10.0, usedefault=True, desc="edge voxels noisier than this times the median are dropped"
+    )
+    deviation_factor = traits.Float(
+        40.0,
+        usedefault=True,
+        desc="edge voxels whose field departs from their neighbours' median by more than this "
+        "times the median noise (or half a wrap) are dropped",
+    )
 
 
 class _BackgroundOutputSpec(_StageOutputSpec):
@@ -30,19 +46,38 @@ class RemoveBackground(SimpleInterface):
 
     def _run_interface(self, runtime):
         field_hz, ref = load(self.inputs.field)
+        mask = load_mask(self.inputs.mask)
+        reliability = {}
+        if self.inputs.noise:
+            spacing = np.diff(sorted(self.inputs.echo_times)) if self.inputs.echo_times else []
+            (mask, _, edge_warnings) = run_stage(
+                reliable_field, mask, field_hz, load(self.inputs.noise)[0],
+                data={"echo_spacing_s": float(min(spacing)) if len(spacing) else None},
+                params={"noise_factor": self.inputs.noise_factor,
+                        "deviation_factor": self.inputs.deviation_factor},
+            )  # fmt:skip
+            reliability = {
+                "unreliable_edge": {
+                    "noise_factor": self.inputs.noise_factor,
+                    "deviation_factor": self.inputs.deviation_factor,
+                    "voxels_left_out": int(load_mask(self.inputs.mask).sum() - mask.sum()),
+                }
+            }
         (local, valid), params, warnings = run_stage(
             BACKGROUND[self.inputs.method],
             hz_to_ppm(field_hz, self.inputs.field_strength),
-            load_mask(self.inputs.mask),
+            mask,
             data=geometry(ref), params=self.inputs.params, nthreads=self.inputs.omp_nthreads,
         )  # fmt:skip
+        if self.inputs.noise:
+            warnings = [*edge_warnings, *warnings]
         if not valid.any():
             raise RuntimeError(
                 f"{self.inputs.method} eroded the whole mask: the brain is too small"
             )
         self._results["out_file"] = save_like(ref, local, runtime.cwd, "local_field_ppm")
         self._results["mask"] = save_like(ref, valid, runtime.cwd, "mask", dtype=np.uint8)
-        self._results["params"] = {"method": self.inputs.method, **params}
+        self._results["params"] = {"method": self.inputs.method, **params, **reliability}
         self._results["warnings"] = warnings
         return runtime
 
@@ -51,6 +86,7 @@ class _InvertInputSpec(_StageInputSpec):
     local_field = File(exists=True, mandatory=True, desc="local field (ppm)")
     mask = File(exists=True, mandatory=True, desc="mask the field is valid on")
     brain_mask = File(exists=True, desc="brain mask, for methods that extend chi beyond `mask`")
+    noise = File(exists=True, desc="standard error of the total field (Hz), from the echo fit")
     echo_times = traits.List(traits.Float, mandatory=True, desc="echo times (s)")
     field_strength = traits.Float(mandatory=True, desc="B0 (T)")
     method = traits.Enum(*INVERSIONS, usedefault=True, desc="dipole inversion")
@@ -78,6 +114,13 @@ class Invert(SimpleInterface):
         if self.inputs.brain_mask:
             acquisition["brain"] = load_mask(self.inputs.brain_mask)
         valid = load_mask(self.inputs.mask)
+        if self.inputs.noise:
+            # Methods whose strength follows the data's noise (TGV) take its typical level.
+            # With fewer than 3 echoes the noise map may be relative only (combine.py).
+            noise_hz = load(self.inputs.noise)[0][valid]
+            typical = float(np.median(noise_hz)) if noise_hz.size else 0.0
+            if len(self.inputs.echo_times) >= 3 and np.isfinite(typical) and typical > 0:
+                acquisition["noise_ppm"] = float(hz_to_ppm(typical, self.inputs.field_strength))
         # What the method measured about its run (e.g. TGV's iterations) goes beside its settings.
         report = {}
         chi, params, warnings = run_stage(

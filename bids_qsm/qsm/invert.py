@@ -172,19 +172,27 @@ def tv(
     return box.paste(chi, mask)
 
 
+# TGV's first-order weight per unit of phase noise (rad), and the fixed weight used where the
+# noise is not known; both calibrated on realistic forward simulations (docs/validation.md).
+TGV_ALPHA_PER_NOISE = 0.08
+TGV_ALPHA1_WITHOUT_NOISE = 0.004
+
+
 def tgv(
     local_field_ppm,
     mask,
     *,
     voxel_size,
     b0_dir=(0.0, 0.0, 1.0),
-    alpha1=0.016,
-    alpha0=0.048,
+    alpha1=None,
+    alpha0=None,
+    alpha_per_noise=TGV_ALPHA_PER_NOISE,
+    noise_ppm=None,
     te=0.02,
     b0_tesla=3.0,
     iterations=1000,
     tol=3e-4,
-    init="tikhonov",
+    init="tkd",
     brain=None,
     extend_layers=1,
     report=None,
@@ -200,31 +208,44 @@ def tgv(
     Alpha convention (that of the public TGV-QSM code): `alpha1` weighs ||grad chi - w||_1 and
     `alpha0` weighs ||E w||_1, for a field expressed as phase in rad at echo time `te` (s) and
     field strength `b0_tesla` (T), with h in mm. The field is converted to that phase,
-    phi = f * 2 pi gamma_bar b0 te, solved, and chi converted back to ppm. Phase noise (rad,
-    about 1/SNR) does not depend on TE or B0, so passing the acquisition's `te` (for several
-    echoes, the noise-equivalent echo time, about sqrt(sum TE_i^2)) and `b0_tesla` keeps the
-    regularisation matched to the noise. Equivalently: in ppm, both alphas are divided by
-    2 pi gamma_bar b0 te (the result is invariant to that rescaling). The defaults keep the
-    public code's ratio (alpha0 = 3 alpha1) at 32 times its level (0.0005, 0.0015): with the
-    Tikhonov start and 1000 iterations the public level leaves the field's noise in the map
-    (88 % RMSE on the 2016 challenge data); the level was chosen on that data set (3 T class,
-    1 mm, TE 25 ms), see docs/validation.md.
+    phi = f * 2 pi gamma_bar b0 te, solved, and chi converted back to ppm (in ppm, both alphas
+    are divided by 2 pi gamma_bar b0 te). For several echoes `te` is the noise-equivalent echo
+    time, sqrt(sum TE_i^2).
+
+    Regularisation tied to the data: with `alpha1` None the strength follows the field's own
+    noise. noise_ppm is the typical standard error of the field (ppm; the median of the echo
+    fit's noise map over the mask, passed by the pipeline), so the phase noise at `te` is
+    sigma = noise_ppm * 2 pi gamma_bar b0 te (rad) and alpha1 = `alpha_per_noise` * sigma: a
+    noisier scan is regularised more, a cleaner one keeps its contrast. `alpha_per_noise` was
+    calibrated on forward simulations of a real brain (the COSMOS map in a simulated head, 3 and
+    7 T, SNR 50-100) for NRMSE, HFEN and a slope against the truth near 1 together
+    (docs/validation.md). Without a noise estimate (a single echo, a field given in ppm)
+    alpha1 = `TGV_ALPHA1_WITHOUT_NOISE`. alpha0 None means 3 alpha1, the public code's ratio.
+    The values used land in `report` (`alpha1`, `alpha0`).
 
     iterations: the most primal-dual iterations at 1 mm^3 voxels, scaled by 1/sqrt(voxel
     volume) for finer grids (never fewer); tol > 0 stops early, once the relative change of chi
     in one iteration falls below it (0: run them all). On the 2016 challenge data 3e-4 stops
     after 560 iterations, with RMSE / HFEN 60.1 / 56.6 % against 59.6 / 57.4 % after 1000
     (docs/validation.md).
-    init: "tikhonov" starts from the closed-form `tikhonov` solution (the primal-dual method
-    corrects local detail fast and the smooth components slowly, which the closed form gets
-    nearly right), "tv" from the `tv` solution (slower start, about 20 s more at 160^3), "zero"
-    from chi = 0 as the original. The data term holds on the mask eroded
-    by one voxel (faces and edges); chi on the outer layer comes from the regulariser.
+    init: "tkd" starts from the `tkd` solution at threshold 0.15 (the primal-dual method corrects
+    local detail fast and the smooth components slowly; TKD gets the smooth components and the
+    contrast nearly right, where the smoothing Tikhonov start left the map shrunk unless run
+    for thousands of iterations), "tikhonov" from the closed-form `tikhonov` solution, "tv"
+    from the `tv` solution, "zero" from chi = 0 as the original. The data term holds on the mask
+    eroded by one voxel (faces and edges); chi on the outer layer comes from the regulariser.
     report: optional dict that receives `iterations_run`, the iterations actually made (after
     the scaling for resolution and the convergence test).
     """
     field, mask, voxel_size, b = _checked(local_field_ppm, mask, voxel_size, b0_dir)
     scale = np.float32(_tgv.rad_per_ppm(te, b0_tesla))
+    if alpha1 is None:
+        alpha1 = (
+            TGV_ALPHA1_WITHOUT_NOISE
+            if noise_ppm is None
+            else float(alpha_per_noise) * float(noise_ppm) * float(scale)
+        )
+    alpha0 = 3.0 * alpha1 if alpha0 is None else alpha0
     phase = np.pad(np.where(mask, field, 0.0) * scale, 1)
     lap = _tgv.laplacian(phase, voxel_size)[1:-1, 1:-1, 1:-1]
     chi0 = _initial(field, mask, voxel_size, b, init)
@@ -237,20 +258,22 @@ def tgv(
         iterations=iterations, tol=tol, chi0=None if chi0 is None else chi0 * scale,
         data_mask=mask,
     )  # fmt: skip
-    logger.info("TGV-QSM: %d iterations", done)
+    logger.info("TGV-QSM: alpha1 %.4g, alpha0 %.4g, %d iterations", alpha1, alpha0, done)
     if report is not None:
-        report["iterations_run"] = done
+        report.update(iterations_run=done, alpha1=float(alpha1), alpha0=float(alpha0))
     return chi / scale
 
 
 def _initial(field_ppm, mask, voxel_size, b0_dir, init):
     if init == "zero":
         return None
+    if init == "tkd":
+        return tkd(field_ppm, mask, voxel_size=voxel_size, b0_dir=b0_dir, threshold=0.15)
     if init == "tikhonov":
         return tikhonov(field_ppm, mask, voxel_size=voxel_size, b0_dir=b0_dir)
     if init == "tv":
         return tv(field_ppm, mask, voxel_size=voxel_size, b0_dir=b0_dir)
-    raise ValueError(f"init must be 'tikhonov', 'tv' or 'zero', not {init!r}")
+    raise ValueError(f"init must be 'tkd', 'tikhonov', 'tv' or 'zero', not {init!r}")
 
 
 def tgv_single_step(

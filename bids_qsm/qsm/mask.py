@@ -17,6 +17,7 @@ Every method keeps the brain's connected component (see `_brain_component`), fil
 import logging
 
 import numpy as np
+from numba import njit, prange
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
@@ -187,3 +188,81 @@ def phase_quality(magnitude4d, *, voxel_size, phase=None, te=None, erode_mm=0.0,
 
 
 MASKS = {"otsu": otsu, "threshold": threshold, "phase-quality": phase_quality}
+
+
+def reliable_field(
+    mask, field_hz, noise_hz, *, echo_spacing_s=None, noise_factor=5.0, deviation_factor=0.0
+):
+    """The mask less its edge voxels whose fitted field cannot be trusted: bool (X, Y, Z).
+
+    mask: bool brain mask; field_hz, noise_hz: the echo fit's field and its standard error (Hz);
+    echo_spacing_s: the shortest echo spacing (s), or None for a single echo.
+    A voxel is unreliable where its noise exceeds `noise_factor` times the median noise of the
+    mask (no signal: the magnitude mask reached into noise or bone), or where its field departs
+    from the median of its mask neighbours (26-connected) by more than half a wrap,
+    1 / (2 echo_spacing_s) Hz (a phase wrap the fit took as field). Background removal takes
+    the mask's boundary as given (LBV, PDF) or erodes from it (SHARP), so a few such voxels
+    spread their error far inside. Only unreliable voxels reachable from outside the mask are
+    dropped: holes inside the brain (veins, bleeds, whose noise is high too) are filled back.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    field = np.asarray(field_hz, dtype=np.float32)
+    noise = np.asarray(noise_hz, dtype=np.float32)
+    if not mask.any():
+        return mask
+    box = _bbox(mask, 1)
+    inside, field, noise = mask[box], field[box], noise[box]
+    typical = float(np.median(noise[inside]))
+    bad = ~np.isfinite(field) | ~np.isfinite(noise)
+    if typical > 0:
+        bad |= noise > noise_factor * typical
+    if echo_spacing_s:
+        deviation = np.zeros(inside.shape, np.float32)
+        _neighbour_median_deviation(np.where(bad, np.nan, field).astype(np.float32), inside,
+                                    deviation)  # fmt: skip
+        limit = 0.5 / float(echo_spacing_s)
+        if deviation_factor > 0:
+            limit = min(limit, deviation_factor * typical)
+        bad |= deviation > limit
+    kept = inside & ~bad
+    if kept.any():
+        kept = ndimage.binary_fill_holes(_brain_component(kept)) & inside
+    out = np.zeros_like(mask)
+    out[box] = kept
+    dropped = int(mask.sum() - out.sum())
+    if dropped:
+        logger.info("dropped %d edge voxel(s) with an unreliable field from the mask", dropped)
+    if dropped > 0.1 * mask.sum():
+        logger.warning(
+            "%.0f %% of the brain mask has an unreliable field (noise or wraps) and was left "
+            "out of background removal",
+            100.0 * dropped / mask.sum(),
+        )
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _neighbour_median_deviation(field, mask, out):
+    """out = |field - median of its finite 26-neighbours in the mask| at mask voxels (Hz).
+
+    NaN marks voxels already known to be unreliable; they neither count as neighbours nor get
+    a deviation (they are dropped anyway)."""
+    nx, ny, nz = field.shape
+    for i in prange(1, nx - 1):
+        values = np.empty(26, np.float32)
+        for j in range(1, ny - 1):
+            for k in range(1, nz - 1):
+                if not mask[i, j, k] or np.isnan(field[i, j, k]):
+                    continue
+                n = 0
+                for di in range(-1, 2):
+                    for dj in range(-1, 2):
+                        for dk in range(-1, 2):
+                            if di == 0 and dj == 0 and dk == 0:
+                                continue
+                            v = field[i + di, j + dj, k + dk]
+                            if mask[i + di, j + dj, k + dk] and not np.isnan(v):
+                                values[n] = v
+                                n += 1
+                if n >= 3:
+                    out[i, j, k] = abs(field[i, j, k] - np.median(values[:n]))

@@ -47,11 +47,15 @@ logger = logging.getLogger(__name__)
 # whose check on a loop start read from memory stops the inner loop from vectorising.
 _U1 = np.uint64(1)
 
+# fastmath without "reassoc": a kernel numba compiles afresh and the one it loads from its cache
+# may reassociate sums differently, and the maps of a rerun would then differ in the last bits.
+_FASTMATH = {"nnan", "ninf", "nsz", "arcp", "contract", "afn"}
+
 # ----------------------------------------------------------------------------------------------
 # Pointwise stencils, shared by the fused kernels and by the operators the tests check.
 
 
-@njit(inline="always", fastmath=True)
+@njit(inline="always", fastmath=_FASTMATH)
 def _lap_at(u, i, j, k, l0, l1, l2):
     c = u[i, j, k]
     return (
@@ -61,7 +65,7 @@ def _lap_at(u, i, j, k, l0, l1, l2):
     )
 
 
-@njit(inline="always", fastmath=True)
+@njit(inline="always", fastmath=_FASTMATH)
 def _wave_at(u, i, j, k, wc):
     """13-point stencil: wc = (center, face0, face1, face2, edge01, edge02, edge12); the edge
     coefficient multiplies the two neighbours at (+d, -e) and (-d, +e)."""
@@ -76,13 +80,13 @@ def _wave_at(u, i, j, k, wc):
     )
 
 
-@njit(inline="always", fastmath=True)
+@njit(inline="always", fastmath=_FASTMATH)
 def _grad_at(u, i, j, k, r0, r1, r2):
     c = u[i, j, k]
     return (u[i + 1, j, k] - c) * r0, (u[i, j + 1, k] - c) * r1, (u[i, j, k + _U1] - c) * r2
 
 
-@njit(inline="always", fastmath=True)
+@njit(inline="always", fastmath=_FASTMATH)
 def _symgrad_at(w, i, j, k, r0, r1, r2):
     """(xx, xy, xz, yy, yz, zz) of E w = (grad w + grad w^T) / 2, forward differences."""
     wx, wy, wz = w[0, i, j, k], w[1, i, j, k], w[2, i, j, k]
@@ -99,7 +103,7 @@ def _symgrad_at(w, i, j, k, r0, r1, r2):
     return dx0, half * (dy0 + dx1), half * (dz0 + dx2), dy1, half * (dz1 + dy2), dz2
 
 
-@njit(inline="always", fastmath=True)
+@njit(inline="always", fastmath=_FASTMATH)
 def _div_at(p, i, j, k, r0, r1, r2):
     return (
         (p[0, i, j, k] - p[0, i - 1, j, k]) * r0
@@ -108,7 +112,7 @@ def _div_at(p, i, j, k, r0, r1, r2):
     )
 
 
-@njit(inline="always", fastmath=True)
+@njit(inline="always", fastmath=_FASTMATH)
 def _div2_at(q, i, j, k, c0, c1, c2, r0, r1, r2):
     """One component d of div2 q: sum_e D-_e q[d, e], with q[d, e] stored at index c_e."""
     return (
@@ -118,7 +122,7 @@ def _div2_at(q, i, j, k, c0, c1, c2, r0, r1, r2):
     )
 
 
-@njit(inline="always", fastmath=True)
+@njit(inline="always", fastmath=_FASTMATH)
 def _dual_slab(i, chi_, phi_, w_, eta, p, q, lap_phi0, labels, steps, alpha1, alpha0, r, wc, rows):
     """Slab i of the dual step: eta += s_eta m0 (Wave chi_ - Lap phi_ - Lap phi0); p, q:
     projected ascent (m1 = mask). steps: (s_eta, s_p, s_q, t_chi, t_phi, t_w); rows: the k
@@ -168,7 +172,7 @@ def _dual_slab(i, chi_, phi_, w_, eta, p, q, lap_phi0, labels, steps, alpha1, al
             q[5, i, j, k] = qzz / scale
 
 
-@njit(inline="always", fastmath=True)
+@njit(inline="always", fastmath=_FASTMATH)
 def _primal_slab(i, chi, chi_, phi, phi_, w, w_, eta, p, q, labels, steps, r, wc, rows):
     """Slab i of the primal step: descent on chi, w; prox of 1/2||phi||^2 in the mask;
     extrapolation x_ = 2 x_new - x. eta, p and q are zero outside mask0 / mask (they never leave
@@ -212,7 +216,7 @@ def _primal_slab(i, chi, chi_, phi, phi_, w, w_, eta, p, q, labels, steps, r, wc
             w_[2, i, j, k] = two * new - old
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, fastmath=_FASTMATH, cache=True)
 def _iterate(
     chi, chi_, phi, phi_, w, w_, eta, p, q, lap_phi0, labels, steps, a1, a0, r, wc, chunks, rows
 ):
@@ -240,7 +244,7 @@ def _iterate(
             _primal_slab(b - 1, chi, chi_, phi, phi_, w, w_, eta, p, q, labels, steps, r, wc, rows)
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, fastmath=_FASTMATH, cache=True)
 def _relative_change2(chi, chi_, labels):
     """||chi_k+1 - chi_k||^2 / ||chi_k+1||^2 in the mask, from chi_ - chi = chi_k+1 - chi_k."""
     nx, ny, nz = chi.shape

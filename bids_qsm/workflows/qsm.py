@@ -64,8 +64,8 @@ def init_qsm_wf(
     unwrap_method="romeo",
     combine_method="linear",
     relaxometry_method="loglinear",
-    background_method="resharp",
-    inversion_method="tgv",
+    background_method="lbv",
+    inversion_method="tfi",
     reference="mean",
     reference_labels=(),
     parameters=None,
@@ -122,7 +122,7 @@ def init_qsm_wf(
             ("labels", "inputnode.labels"),
         ]),
         (fieldmap_wf, inversion_wf, [
-            ("outputnode.field", "inputnode.field"),
+            ("outputnode.field", "inputnode.field"), ("outputnode.noise", "inputnode.noise"),
             ("outputnode.brain_mask", "inputnode.brain_mask"),
         ]),
         (inputnode, swi_wf, [
@@ -248,7 +248,8 @@ def init_fieldmap_wf(
     """Echoes -> brain mask, unwrapped phase, field (Hz) and R2*/T2* (two echoes or more).
 
     Inputs: magnitude, phase (or real, imag): one file per echo; echo_times (s).
-    Outputs: magnitude (4-D, arbitrary units), brain_mask, field (Hz), r2star (1/s), t2star (s),
+    Outputs: magnitude (4-D, arbitrary units), brain_mask, field (Hz) and its standard error
+    noise (Hz), r2star (1/s), t2star (s),
     params ({stage: settings} of phase_units, mask, unwrap, combine, relaxometry), warnings.
     Arguments as in `init_qsm_wf`.
     """
@@ -276,8 +277,8 @@ def init_fieldmap_wf(
         name="inputnode",
     )
     outputnode = pe.Node(
-        niu.IdentityInterface(fields=["magnitude", "brain_mask", "field", "r2star", "t2star",
-                                      "params", "warnings"]),
+        niu.IdentityInterface(fields=["magnitude", "brain_mask", "field", "noise", "r2star",
+                                      "t2star", "params", "warnings"]),
         name="outputnode",
     )  # fmt:skip
     phase_units_node = pe.Node(
@@ -329,7 +330,7 @@ def init_fieldmap_wf(
         (combine, warnings, [("warnings", "in4")]),
         (phase_units_node, outputnode, [("magnitude", "magnitude")]),
         (mask, outputnode, [("out_file", "brain_mask")]),
-        (combine, outputnode, [("out_file", "field")]),
+        (combine, outputnode, [("out_file", "field"), ("noise", "noise")]),
         (params, outputnode, [("out", "params")]),
         (warnings, outputnode, [("out", "warnings")]),
     ])  # fmt:skip
@@ -359,8 +360,8 @@ def init_inversion_wf(
     *,
     mem_gb,
     omp_nthreads=1,
-    background_method="resharp",
-    inversion_method="tgv",
+    background_method="lbv",
+    inversion_method="tfi",
     reference="mean",
     reference_labels=(),
     parameters=None,
@@ -368,10 +369,12 @@ def init_inversion_wf(
 ):
     """Field (Hz) -> local field (ppm) -> referenced susceptibility (ppm).
 
-    Inputs: field (Hz), brain_mask, echo_times (s), field_strength (T), labels (for the
-    'labels' reference). Outputs: local_field (ppm), mask (where the local field and chi are
-    valid), chimap (ppm), params ({stage: settings} of background, inversion, reference),
-    warnings. Arguments as in `init_qsm_wf`.
+    Inputs: field (Hz) and its standard error noise (Hz: edge voxels with an unreliable field
+    are left out of background removal, and TGV's strength follows its level), brain_mask,
+    echo_times (s), field_strength (T), labels (for the 'labels' reference). Outputs:
+    local_field (ppm), mask (where the local field and chi are valid), chimap (ppm), params
+    ({stage: settings} of background, inversion, reference), warnings. Arguments as in
+    `init_qsm_wf`.
     """
     parameters = parameters or {}
     cites = load_json("citations.json")
@@ -383,8 +386,8 @@ def init_inversion_wf(
         f"referenced to {cites['reference'][reference][0]}. "
     )
     inputnode = pe.Node(
-        niu.IdentityInterface(fields=["field", "brain_mask", "echo_times", "field_strength",
-                                      "labels"]),
+        niu.IdentityInterface(fields=["field", "noise", "brain_mask", "echo_times",
+                                      "field_strength", "labels"]),
         name="inputnode",
     )  # fmt:skip
     outputnode = pe.Node(
@@ -418,10 +421,11 @@ def init_inversion_wf(
                        run_without_submitting=True)  # fmt:skip
     workflow.connect([
         (inputnode, background, [("field_strength", "field_strength"), ("field", "field"),
-                                 ("brain_mask", "mask")]),
+                                 ("brain_mask", "mask"), ("noise", "noise"),
+                                 ("echo_times", "echo_times")]),
         (inputnode, invert, [
             ("echo_times", "echo_times"), ("field_strength", "field_strength"),
-            ("brain_mask", "brain_mask"),
+            ("brain_mask", "brain_mask"), ("noise", "noise"),
         ]),
         (background, invert, [("out_file", "local_field"), ("mask", "mask")]),
         (invert, reference_node, [("out_file", "chimap"), ("mask", "mask")]),
