@@ -19,11 +19,9 @@ from bids_qsm.segmentation import (
     _candidates,
     _check_sidecar_subject,
     _choose,
-    _header,
     _lookup,
-    _reference_t1w,
-    _same_grid,
     _strip,
+    registration_reference,
 )
 
 
@@ -83,15 +81,7 @@ def find_lesions(lesion_dir, *, subject, session=None, target_shape, target_affi
             names, lookup = _lookup(root, path, "auto")
         except SegmentationError:
             names, lookup = {int(v): f"lesion-{int(v)}" for v in values}, "label numbers"
-    shape, affine = _header(path)
-    if _same_grid(shape, affine, target_shape, target_affine):
-        return LesionInput(path, names, lookup, None)
-    reference = _reference_t1w(root, path, subject)
-    if reference is None:
-        raise SegmentationError(
-            path,
-            f"grid mismatch and no reference T1w: the lesions ({'x'.join(map(str, shape))}) are "
-            f"not on the MEGRE grid ({'x'.join(map(str, target_shape[:3]))}) and no "
-            f"sub-{subject}*_T1w.nii[.gz] in {path.parent} to register",
-        )
+    reference = registration_reference(
+        root, path, subject, target_shape, target_affine, what="the lesions"
+    )
     return LesionInput(path, names, lookup, reference)

@@ -76,18 +76,28 @@ def find_segmentation(
     dseg = _choose(root, candidates, target_shape, target_affine)
     _check_sidecar_subject(dseg, subject)
     names, table = _lookup(root, dseg, lookup)
-    shape, affine = _header(dseg)
+    reference = registration_reference(
+        root, dseg, subject, target_shape, target_affine, what="the labels"
+    )
+    return Segmentation(dseg, names, table, reference)
+
+
+def registration_reference(root, path, subject, target_shape, target_affine, *, what):
+    """None when the image at `path` is on the MEGRE grid, else the subject's T1w beside it that
+    it can be registered through; SegmentationError naming `path` when there is none. `what`
+    names the image in that message ("the labels")."""
+    shape, affine = _header(path)
     if _same_grid(shape, affine, target_shape, target_affine):
-        return Segmentation(dseg, names, table, None)
-    reference = _reference_t1w(root, dseg, subject)
+        return None
+    reference = _reference_t1w(root, path, subject)
     if reference is None:
         raise SegmentationError(
-            dseg,
-            f"grid mismatch and no reference T1w: the labels ({'x'.join(map(str, shape))}) are not "
+            path,
+            f"grid mismatch and no reference T1w: {what} ({'x'.join(map(str, shape))}) are not "
             f"on the MEGRE grid ({'x'.join(map(str, target_shape[:3]))}) and no "
-            f"sub-{subject}*_T1w.nii[.gz] in {dseg.parent} to register",
+            f"sub-{subject}*_T1w.nii[.gz] in {path.parent} to register",
         )
-    return Segmentation(dseg, names, table, reference)
+    return reference
 
 
 def find_mask(mask_dir, *, subject, session=None, target_shape, target_affine):

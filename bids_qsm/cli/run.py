@@ -220,21 +220,30 @@ def _validate_input(bids_dir):
 def _find_masks(settings, runs):
     """{run prefix: the user's brain mask} with --mask-dir, and one problem per run without
     (that run is not processed: a mask computed instead is not what was asked for)."""
-    from bids_qsm.bids import InputProblem
-    from bids_qsm.segmentation import SegmentationError, find_mask
+    from bids_qsm.segmentation import find_mask
 
-    if settings.workflow.mask_dir is None:
+    return _find_per_run(settings.workflow.mask_dir, runs, find_mask, "{} is not processed")
+
+
+def _find_per_run(folder, runs, find, consequence):
+    """{run prefix: find(folder, ...)} for each run, and an `InputProblem` for each run whose
+    file `find` refuses (`consequence` says what follows, with {} for the run); none without a
+    folder."""
+    from bids_qsm.bids import InputProblem
+    from bids_qsm.segmentation import SegmentationError
+
+    if folder is None:
         return {}, []
     found, problems = {}, []
     for run in runs:
         shape, affine = run.grid
         try:
-            found[run.prefix] = find_mask(
-                settings.workflow.mask_dir, subject=run.subject, session=run.session,
+            found[run.prefix] = find(
+                folder, subject=run.subject, session=run.session,
                 target_shape=shape, target_affine=affine,
             )  # fmt:skip
         except SegmentationError as err:
-            message = f"{err.message} ({run.prefix} is not processed)"
+            message = f"{err.message} ({consequence.format(run.prefix)})"
             problems.append(InputProblem(err.path, run.subject, message))
     return found, problems
 
@@ -279,24 +288,9 @@ def _find_segmentations(settings, runs):
 def _find_lesion_masks(settings, runs):
     """{run prefix: LesionInput} with --lesion-dir, and one problem per run without (that run is
     still processed, without the lesion table)."""
-    from bids_qsm.bids import InputProblem
     from bids_qsm.lesion_masks import find_lesions
-    from bids_qsm.segmentation import SegmentationError
 
-    if settings.workflow.lesion_dir is None:
-        return {}, []
-    found, problems = {}, []
-    for run in runs:
-        shape, affine = run.grid
-        try:
-            found[run.prefix] = find_lesions(
-                settings.workflow.lesion_dir, subject=run.subject, session=run.session,
-                target_shape=shape, target_affine=affine,
-            )  # fmt:skip
-        except SegmentationError as err:
-            message = f"{err.message} (no lesion table for {run.prefix})"
-            problems.append(InputProblem(err.path, run.subject, message))
-    return found, problems
+    return _find_per_run(settings.workflow.lesion_dir, runs, find_lesions, "no lesion table for {}")
 
 
 def _run_group(settings):
