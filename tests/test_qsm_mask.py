@@ -153,11 +153,20 @@ def test_reliable_field_drops_the_untrustworthy_edge_and_keeps_the_inside():
     field[wrapped] += 1 / spacing
     vein = (np.abs(y) < 1) & (np.abs(z - 3) < 1) & (np.abs(x) < 8)
     noise[vein] = 2.0
-    kept = reliable_field(mask, field, noise, echo_spacing_s=spacing, noise_factor=10)
+    common = dict(noise_factor=10, deviation_factor=0)
+    kept = reliable_field(mask, field, noise, echo_spacing_s=spacing, **common)
     assert not (kept & garbage).any() and not (kept & wrapped).any()
     assert kept[vein].all() and not (kept & ~mask).any()
     assert (mask & ~kept & ~garbage & ~wrapped).sum() < 0.01 * mask.sum()
 
     # Without the echo spacing the wrapped voxels cannot be told from field, and stay.
-    kept = reliable_field(mask, field, noise, echo_spacing_s=None, noise_factor=10)
+    kept = reliable_field(mask, field, noise, echo_spacing_s=None, **common)
     assert kept[wrapped].all() and not (kept & garbage).any()
+
+    # A voxel of the outer layer bent by 20 Hz (partial volume), far less than a wrap: only the
+    # limit in units of the noise (40 x 0.1 Hz) catches it.
+    bent = shell & (x > -1) & (x < 1) & (y < -8) & (np.abs(z) < 1)
+    field[bent] += 20.0
+    assert kept[bent].all()
+    kept = reliable_field(mask, field, noise, echo_spacing_s=spacing, noise_factor=10)
+    assert not (kept & bent).any() and kept[vein].all()

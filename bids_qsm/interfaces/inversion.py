@@ -1,5 +1,7 @@
 """Interfaces of the inversion half of a run: background removal, dipole inversion, reference."""
 
+import inspect
+
 import numpy as np
 from nipype.interfaces.base import File, SimpleInterface, traits
 
@@ -10,6 +12,8 @@ from bids_qsm.qsm.invert import INVERSIONS
 from bids_qsm.qsm.mask import reliable_field
 from bids_qsm.qsm.reference import REFERENCES
 from bids_qsm.qsm.units import hz_to_ppm
+
+_EDGE = inspect.signature(reliable_field).parameters
 
 
 class _BackgroundInputSpec(_StageInputSpec):
@@ -24,10 +28,12 @@ class _BackgroundInputSpec(_StageInputSpec):
     )
     echo_times = traits.List(traits.Float, desc="echo times (s), for the wrap test at the edge")
     noise_factor = traits.Float(
-        10.0, usedefault=True, desc="edge voxels noisier than this times the median are dropped"
+        _EDGE["noise_factor"].default,
+        usedefault=True,
+        desc="edge voxels noisier than this times the median are dropped",
     )
     deviation_factor = traits.Float(
-        40.0,
+        _EDGE["deviation_factor"].default,
         usedefault=True,
         desc="edge voxels whose field departs from their neighbours' median by more than this "
         "times the median noise (or half a wrap) are dropped",
@@ -50,16 +56,18 @@ class RemoveBackground(SimpleInterface):
         reliability = {}
         if self.inputs.noise:
             spacing = np.diff(sorted(self.inputs.echo_times)) if self.inputs.echo_times else []
+            # With fewer than 3 echoes the noise map may be relative only (combine.py): then
+            # only the half-wrap limits the deviation from the neighbours.
+            deviation = self.inputs.deviation_factor if len(spacing) >= 2 else 0.0
             (mask, _, edge_warnings) = run_stage(
                 reliable_field, mask, field_hz, load(self.inputs.noise)[0],
                 data={"echo_spacing_s": float(min(spacing)) if len(spacing) else None},
-                params={"noise_factor": self.inputs.noise_factor,
-                        "deviation_factor": self.inputs.deviation_factor},
+                params={"noise_factor": self.inputs.noise_factor, "deviation_factor": deviation},
             )  # fmt:skip
             reliability = {
                 "unreliable_edge": {
                     "noise_factor": self.inputs.noise_factor,
-                    "deviation_factor": self.inputs.deviation_factor,
+                    "deviation_factor": deviation,
                     "voxels_left_out": int(load_mask(self.inputs.mask).sum() - mask.sum()),
                 }
             }

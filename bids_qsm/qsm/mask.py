@@ -191,7 +191,7 @@ MASKS = {"otsu": otsu, "threshold": threshold, "phase-quality": phase_quality}
 
 
 def reliable_field(
-    mask, field_hz, noise_hz, *, echo_spacing_s=None, noise_factor=5.0, deviation_factor=0.0
+    mask, field_hz, noise_hz, *, echo_spacing_s=None, noise_factor=10.0, deviation_factor=40.0
 ):
     """The mask less its edge voxels whose fitted field cannot be trusted: bool (X, Y, Z).
 
@@ -200,10 +200,14 @@ def reliable_field(
     A voxel is unreliable where its noise exceeds `noise_factor` times the median noise of the
     mask (no signal: the magnitude mask reached into noise or bone), or where its field departs
     from the median of its mask neighbours (26-connected) by more than half a wrap,
-    1 / (2 echo_spacing_s) Hz (a phase wrap the fit took as field). Background removal takes
-    the mask's boundary as given (LBV, PDF) or erodes from it (SHARP), so a few such voxels
-    spread their error far inside. Only unreliable voxels reachable from outside the mask are
-    dropped: holes inside the brain (veins, bleeds, whose noise is high too) are filled back.
+    1 / (2 echo_spacing_s) Hz (a phase wrap the fit took as field), or by more than
+    `deviation_factor` times the median noise (0: no such limit; partial volume with bone bends
+    the field of the outer layer by several Hz). The defaults were chosen on the realistic
+    fixtures (docs/validation.md); the noise map must be absolute for the second limit.
+    Background removal takes the mask's boundary as given (LBV, PDF) or erodes from it (SHARP),
+    so a few such voxels spread their error far inside. Only unreliable voxels reachable from
+    outside the mask are dropped: holes inside the brain (veins, bleeds, whose noise is high
+    too) are filled back.
     """
     mask = np.asarray(mask, dtype=bool)
     field = np.asarray(field_hz, dtype=np.float32)
