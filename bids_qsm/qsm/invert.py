@@ -172,8 +172,9 @@ def tv(
     return box.paste(chi, mask)
 
 
-# TGV's first-order weight per unit of phase noise (rad), and the fixed weight used where the
-# noise is not known; both calibrated on realistic forward simulations (docs/validation.md).
+# TGV's first-order weight per unit of phase noise (rad): 1/8 of the former fixed strength at the
+# noise of the qsm-forward simulation of the COSMOS map (SNR 100), checked on the head fixtures
+# (docs/validation.md). Where the noise is not known, a fixed weight of a quarter of the former.
 TGV_ALPHA_PER_NOISE = 0.08
 TGV_ALPHA1_WITHOUT_NOISE = 0.004
 
@@ -217,11 +218,12 @@ def tgv(
     fit's noise map over the mask, passed by the pipeline), so the phase noise at `te` is
     sigma = noise_ppm * 2 pi gamma_bar b0 te (rad) and alpha1 = `alpha_per_noise` * sigma: a
     noisier scan is regularised more, a cleaner one keeps its contrast. `alpha_per_noise` was
-    calibrated on forward simulations of a real brain (the COSMOS map in a simulated head, 3 and
-    7 T, SNR 50-100) for NRMSE, HFEN and a slope against the truth near 1 together
-    (docs/validation.md). Without a noise estimate (a single echo, a field given in ppm)
-    alpha1 = `TGV_ALPHA1_WITHOUT_NOISE`. alpha0 None means 3 alpha1, the public code's ratio.
-    The values used land in `report` (`alpha1`, `alpha0`).
+    chosen on a forward simulation of a real brain (the COSMOS map through qsm-forward, SNR 100)
+    for NRMSE, HFEN and a slope against the truth near 1 together, and checked on the COSMOS map
+    in the simulated head at SNR 50 and on the head phantom (docs/validation.md). Without a
+    noise estimate (a single echo, a field given in ppm) alpha1 = `TGV_ALPHA1_WITHOUT_NOISE`.
+    alpha0 None means 3 alpha1, the public code's ratio. The values used land in `report`
+    (`alpha1`, `alpha0`).
 
     iterations: the most primal-dual iterations at 1 mm^3 voxels, scaled by 1/sqrt(voxel
     volume) for finer grids (never fewer); tol > 0 stops early, once the relative change of chi
