@@ -5,8 +5,12 @@ box padded by a margin that keeps the periodic wrap-around of its kernels away f
 The box may reach past the volume: those voxels are zero when cropping and dropped when pasting.
 """
 
+import math
+
 import numpy as np
 import scipy.fft
+
+from .dipole import kspace_grid
 
 
 def bounding_box(mask):
@@ -73,3 +77,28 @@ def rfftn(array):
 def irfftn(spectrum, shape):
     """Inverse of `rfftn` onto a grid of `shape`, float32."""
     return scipy.fft.irfftn(spectrum, s=shape, workers=-1).astype(np.float32, copy=False)
+
+
+def fft_pad(mask, fraction=0.25, minimum=8):
+    """Zero padding (voxels per side): `fraction` of the mask's extent on each axis, at least
+    `minimum`; a quarter keeps the periodic wrap-around of deconvolved dipole fields away from
+    the brain at a modest FFT cost."""
+    return tuple(
+        max(minimum, int(math.ceil(fraction * (s.stop - s.start)))) for s in bounding_box(mask)
+    )
+
+
+def half_spectrum(kernel):
+    """The part of a full 3-D Fourier-domain array that a real FFT (`rfftn`) keeps, contiguous
+    (numba kernels take it)."""
+    return np.ascontiguousarray(kernel[..., : kernel.shape[2] // 2 + 1])
+
+
+def gradient_power(shape, voxel_size):
+    """|G(k)|^2 (1/mm^2) of the periodic forward-difference gradient on an FFT grid, as the
+    rfft half (`half_spectrum`), float32."""
+    k = kspace_grid(shape, voxel_size)
+    out = 0.0
+    for ki, h in zip(k, voxel_size, strict=True):
+        out = out + (2.0 - 2.0 * np.cos(2.0 * np.pi * ki * h)) / h**2
+    return half_spectrum(np.asarray(out, dtype=np.float32) + np.zeros(shape, dtype=np.float32))

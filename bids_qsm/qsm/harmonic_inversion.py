@@ -24,8 +24,8 @@ import numpy as np
 from numba import njit, prange
 from scipy import ndimage
 
-from .dipole import dipole_kernel, kspace_grid
-from .fftbox import FFTBox, irfftn, rfftn
+from .dipole import dipole_kernel
+from .fftbox import FFTBox, fft_pad, gradient_power, half_spectrum, irfftn, rfftn
 from .tgv import rad_per_ppm
 
 logger = logging.getLogger(__name__)
@@ -81,12 +81,12 @@ def wh_qsm(
     Returns chi (ppm), float32, 0 outside the mask (or its extension).
     """
     field, mask, voxel_size, b = _checked(local_field_ppm, mask, voxel_size, b0_dir)
-    box = FFTBox(mask, _fft_pad(mask, pad_fraction))
+    box = FFTBox(mask, fft_pad(mask, pad_fraction))
     shape = box.shape
     inside = box.crop(mask).astype(np.float32)
     f = box.crop(np.where(mask, field, np.float32(0.0)))
-    kernel = _half(dipole_kernel(shape, voxel_size, b))
-    g2 = _gradient_power(shape, voxel_size)  # |grad|^2; the Laplacian's symbol is -g2
+    kernel = half_spectrum(dipole_kernel(shape, voxel_size, b))
+    g2 = gradient_power(shape, voxel_size)  # |grad|^2; the Laplacian's symbol is -g2
     alpha = np.float32(regularization / rad_per_ppm(te, b0_tesla))
     # Penalties of the splittings: data 1 (the data term's own scale), gradient 100 alpha as in
     # `tv`, Laplacian `harmonic_penalty`: on the test phantom 0.3 reaches in 100 iterations what
@@ -193,10 +193,10 @@ def tfi(
     inside = box.crop(mask).astype(np.float32)
     f = box.crop(np.where(mask, field, np.float32(0.0)))
     tissue = box.crop(mask if brain is None else mask | np.asarray(brain, dtype=bool))
-    kernel = _half(dipole_kernel(shape, voxel_size, b))
+    kernel = half_spectrum(dipole_kernel(shape, voxel_size, b))
     alpha = np.float32(regularization / rad_per_ppm(te, b0_tesla))
     mu, rho = np.float32(1.0), np.float32(100.0) * alpha  # as in `wh_qsm`
-    denominator = mu * kernel**2 + rho * _gradient_power(shape, voxel_size)
+    denominator = mu * kernel**2 + rho * gradient_power(shape, voxel_size)
     denominator[0, 0, 0] = 1.0  # the mean of chi is not determined; keep it at zero
     # Soft threshold per voxel: alpha / rho in the brain, 1 / outside_scale of it outside.
     threshold = np.where(tissue, np.float32(1.0), np.float32(1.0 / outside_scale)) * (alpha / rho)
@@ -305,22 +305,3 @@ def _checked(field_ppm, mask, voxel_size, b0_dir):
     voxel_size = tuple(float(v) for v in np.broadcast_to(np.asarray(voxel_size, float), (3,)))
     b = np.asarray(b0_dir, dtype=float)
     return field, mask, voxel_size, b / np.linalg.norm(b)
-
-
-def _fft_pad(mask, fraction, minimum=8):
-    """Zero padding (voxels per side): `fraction` of the mask's extent, at least `minimum`."""
-    box = FFTBox(mask, 0).bbox
-    return tuple(max(minimum, int(math.ceil(fraction * (s.stop - s.start)))) for s in box)
-
-
-def _half(kernel):
-    return np.ascontiguousarray(kernel[..., : kernel.shape[2] // 2 + 1])
-
-
-def _gradient_power(shape, voxel_size):
-    """|G(k)|^2 (1/mm^2) of the periodic forward-difference gradient (rfft half)."""
-    k = kspace_grid(shape, voxel_size)
-    out = np.zeros(shape, dtype=np.float32)
-    for ki, h in zip(k, voxel_size, strict=True):
-        out = out + ((2.0 - 2.0 * np.cos(2.0 * np.pi * ki * h)) / h**2).astype(np.float32)
-    return _half(out)

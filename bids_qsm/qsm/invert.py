@@ -22,15 +22,14 @@ is TGV-QSM from the phase directly, without unwrapping or background removal.
 """
 
 import logging
-import math
 
 import numpy as np
 import scipy.fft
 from scipy import ndimage
 
 from . import tgv as _tgv
-from .dipole import dipole_kernel, kspace_grid
-from .fftbox import FFTBox, bounding_box, irfftn, rfftn
+from .dipole import dipole_kernel
+from .fftbox import FFTBox, bounding_box, fft_pad, gradient_power, half_spectrum, irfftn, rfftn
 from .harmonic_inversion import tfi, wh_qsm
 
 logger = logging.getLogger(__name__)
@@ -46,28 +45,6 @@ def _checked(field_ppm, mask, voxel_size, b0_dir):
     return field, mask, voxel_size, b / np.linalg.norm(b)
 
 
-def _fft_pad(mask, fraction=0.25, minimum=8):
-    """Zero padding (voxels per side): a quarter of the box keeps the periodic wrap-around of
-    the deconvolved dipole fields away from the brain at a modest FFT cost."""
-    idx = np.nonzero(mask)
-    if idx[0].size == 0:
-        raise ValueError("the mask is empty")
-    return tuple(max(minimum, int(math.ceil(fraction * (i.max() - i.min() + 1)))) for i in idx)
-
-
-def _half(kernel):
-    return kernel[..., : kernel.shape[2] // 2 + 1]
-
-
-def _gradient_power(shape, voxel_size):
-    """|G(k)|^2 (1/mm^2) of the forward-difference gradient on an FFT grid (rfft half)."""
-    k = kspace_grid(shape, voxel_size)
-    out = 0.0
-    for ki, h in zip(k, voxel_size, strict=True):
-        out = out + (2.0 - 2.0 * np.cos(2.0 * np.pi * ki * h)) / h**2
-    return _half(np.asarray(out, dtype=np.float32) + np.zeros(shape, dtype=np.float32))
-
-
 def tkd(local_field_ppm, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), threshold=0.19):
     """Truncated k-space division: chi = F^-1[F(f) / D_t] (ppm).
 
@@ -78,8 +55,8 @@ def tkd(local_field_ppm, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), threshold=
     0 outside the mask.
     """
     field, mask, voxel_size, b = _checked(local_field_ppm, mask, voxel_size, b0_dir)
-    box = FFTBox(mask, _fft_pad(mask))
-    kernel = _half(dipole_kernel(box.shape, voxel_size, b))
+    box = FFTBox(mask, fft_pad(mask))
+    kernel = half_spectrum(dipole_kernel(box.shape, voxel_size, b))
     small = np.abs(kernel) < threshold
     truncated = np.where(small, np.where(kernel < 0, -threshold, threshold), kernel)
     inverse = (1.0 / truncated).astype(np.float32)
@@ -106,10 +83,10 @@ def tikhonov(
     undetermined k = 0 term set to zero. Returns chi (ppm), float32, 0 outside the mask.
     """
     field, mask, voxel_size, b = _checked(local_field_ppm, mask, voxel_size, b0_dir)
-    box = FFTBox(mask, _fft_pad(mask))
-    kernel = _half(dipole_kernel(box.shape, voxel_size, b))
+    box = FFTBox(mask, fft_pad(mask))
+    kernel = half_spectrum(dipole_kernel(box.shape, voxel_size, b))
     if penalty == "gradient":
-        power = _gradient_power(box.shape, voxel_size)
+        power = gradient_power(box.shape, voxel_size)
     elif penalty == "identity":
         power = np.float32(1.0)
     else:
@@ -151,10 +128,10 @@ def tv(
     voxel axes. The field is zero outside the mask. Returns chi (ppm), float32, 0 outside.
     """
     field, mask, voxel_size, b = _checked(local_field_ppm, mask, voxel_size, b0_dir)
-    box = FFTBox(mask, _fft_pad(mask))
-    kernel = _half(dipole_kernel(box.shape, voxel_size, b))
+    box = FFTBox(mask, fft_pad(mask))
+    kernel = half_spectrum(dipole_kernel(box.shape, voxel_size, b))
     rho = np.float32(penalty_rho * regularization)
-    denominator = kernel**2 + rho * _gradient_power(box.shape, voxel_size)
+    denominator = kernel**2 + rho * gradient_power(box.shape, voxel_size)
     denominator[0, 0, 0] = 1.0  # the mean of chi is not determined; keep it at zero
     data = kernel * rfftn(box.crop(field * mask))
     threshold = np.float32(regularization / rho)
