@@ -52,7 +52,7 @@ class RemoveBackground(SimpleInterface):
 
     def _run_interface(self, runtime):
         field_hz, ref = load(self.inputs.field)
-        mask = load_mask(self.inputs.mask)
+        brain = mask = load_mask(self.inputs.mask)
         reliability = {}
         if self.inputs.noise:
             spacing = np.diff(sorted(self.inputs.echo_times)) if self.inputs.echo_times else []
@@ -68,7 +68,7 @@ class RemoveBackground(SimpleInterface):
                 "unreliable_edge": {
                     "noise_factor": self.inputs.noise_factor,
                     "deviation_factor": deviation,
-                    "voxels_left_out": int(load_mask(self.inputs.mask).sum() - mask.sum()),
+                    "voxels_left_out": int(brain.sum() - mask.sum()),
                 }
             }
         (local, valid), params, warnings = run_stage(
