@@ -129,14 +129,33 @@ def score(truth, out, work):
         row["total_wraps"] = int((np.abs(diff[both]) > 0.5 * 185.0).sum())
     if truth["local"] is not None:
         b0 = truth["b0"] or float(_sidecar(out, truth)["MagneticFieldStrength"])
-        local = nib.load(files["local"]).get_fdata() * hz_per_ppm(b0)
-        valid = (nib.load(files["valid"]).get_fdata() > 0) & brain
-        diff = local - truth["local"]
-        diff -= diff[valid].mean()
-        ref = np.sqrt(np.mean((truth["local"][valid] - truth["local"][valid].mean()) ** 2))
-        row["local_rel"] = layer_rms(diff / ref, valid, depth)
-        row["local_nrmse"] = 100 * np.sqrt(np.mean(diff[valid] ** 2)) / ref
-    chi = nib.load(_chimap(out, truth)).get_fdata()
+        local = nib.load(files["local"]).get_fdata()
+        valid = nib.load(files["valid"]).get_fdata() > 0
+        row.update(score_local(truth, local, valid, b0))
+    row.update(score_chi(truth, nib.load(_chimap(out, truth)).get_fdata()))
+    return row
+
+
+def score_local(truth, local_ppm, valid, b0):
+    """The local field (ppm) against the truth on `valid` & the true brain: error RMS relative
+    to the true local field's RMS, by voxel layer (`local_rel`) and overall (`local_nrmse`, %),
+    after removing the mean difference. b0: T."""
+    valid = valid & truth["brain"]
+    diff = local_ppm * hz_per_ppm(b0) - truth["local"]
+    diff -= diff[valid].mean()
+    ref = np.sqrt(np.mean((truth["local"][valid] - truth["local"][valid].mean()) ** 2))
+    return {
+        "local_rel": layer_rms(diff / ref, valid, layers_of(truth["brain"])),
+        "local_nrmse": 100 * np.sqrt(np.mean(diff[valid] ** 2)) / ref,
+    }
+
+
+def score_chi(truth, chi):
+    """A chi map (ppm, on the truth's grid) against the true chi, in the true brain where the map
+    is non-zero, both demeaned there: coverage, NRMSE, HFEN, SSIM, slope, r, and where the truth
+    has labels the largest deep grey matter mean error (ppm) and (map, truth) means of the
+    vein, microbleed and calcification labels."""
+    brain, row = truth["brain"], {}
     inside = brain & (chi != 0)
     true_chi = truth["chi"]
     row.update(
