@@ -54,6 +54,7 @@ class Workflow:
     relaxometry: str = "loglinear"
     background: str = "lbv"
     inversion: str = "tfi"
+    two_pass: bool = False  # off: no better on the head phantom or the realistic fixtures
     reference: str = "mean"
     reference_labels: str = "csf"
     mask_dir: Path | None = None

@@ -14,8 +14,9 @@ SIDECAR_STAGES = {
     "Referencing": ("reference", "reference"),
 }
 # b0_direction is read off the data's affine; iterations_run is what TGV measured, not a setting;
-# unreliable_edge is what background removal left out of the mask (its thresholds are fixed)
-_NOT_SETTINGS = ("method", "b0_direction", "iterations_run", "unreliable_edge")
+# unreliable_edge is what background removal left out of the mask (its thresholds are fixed);
+# two_pass (in DipoleInversion) is the two-pass artefact reduction's own stage
+_NOT_SETTINGS = ("method", "b0_direction", "iterations_run", "unreliable_edge", "two_pass")
 
 
 def apply_sidecar(workflow, sidecar):
@@ -48,6 +49,12 @@ def apply_sidecar(workflow, sidecar):
             continue
         setattr(workflow, attribute, settings["method"])
         workflow.parameters[stage] = stage_settings(settings)
+    two_pass = meta["DipoleInversion"].get("two_pass")
+    workflow.two_pass = two_pass is not None
+    if two_pass is not None:
+        workflow.parameters["two_pass"] = {
+            k: two_pass[k] for k in ("noise_factor", "deviation_cycles") if k in two_pass
+        }
     return workflow
 
 

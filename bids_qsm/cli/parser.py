@@ -46,6 +46,7 @@ SETTINGS_OF_ARGUMENT = {
     "r2star_method": ("workflow", "relaxometry"),
     "background_method": ("workflow", "background"),
     "inversion_method": ("workflow", "inversion"),
+    "two_pass": ("workflow", "two_pass"),
     "reference": ("workflow", "reference"),
     "reference_labels": ("workflow", "reference_labels"),
     "mask_dir": ("workflow", "mask_dir"),
@@ -344,6 +345,13 @@ def _build_parser(defaults: Settings | None = None) -> ArgumentParser:
         "--inversion_method",
         choices=choices["inversion_method"],
         help="dipole inversion (default: %(default)s)",
+    )
+    qsm.add_argument(
+        "--two-pass",
+        "--two_pass",
+        action=BooleanOptionalAction,
+        help="two-pass artefact reduction around strong sources (Stewart et al. 2022): invert "
+        "once more without the voxels of unreliable field, and keep that map where it is valid",
     )
     qsm.add_argument(
         "--reference",

@@ -11,6 +11,8 @@ from bids_qsm.qsm.background import BACKGROUND
 from bids_qsm.qsm.invert import INVERSIONS
 from bids_qsm.qsm.mask import reliable_field
 from bids_qsm.qsm.reference import REFERENCES
+from bids_qsm.qsm.two_pass import combine as combine_passes
+from bids_qsm.qsm.two_pass import hollow_mask
 from bids_qsm.qsm.units import hz_to_ppm
 
 _EDGE = inspect.signature(reliable_field).parameters
@@ -172,5 +174,92 @@ class Reference(SimpleInterface):
         )  # fmt:skip
         self._results["out_file"] = save_like(ref, chi, runtime.cwd, "chi_referenced")
         self._results["params"] = {"method": self.inputs.method, **params}
+        self._results["warnings"] = warnings
+        return runtime
+
+
+class _HollowMaskInputSpec(_StageInputSpec):
+    field = File(exists=True, mandatory=True, desc="total field (Hz)")
+    mask = File(exists=True, mandatory=True, desc="brain mask")
+    noise = File(exists=True, mandatory=True, desc="standard error of the field (Hz)")
+    echo_times = traits.List(traits.Float, mandatory=True, desc="echo times (s)")
+    noise_factor = traits.Float(
+        _EDGE["noise_factor"].default, usedefault=True, desc="as in `RemoveBackground`"
+    )
+    deviation_factor = traits.Float(
+        _EDGE["deviation_factor"].default, usedefault=True, desc="as in `RemoveBackground`"
+    )
+
+
+class HollowMask(SimpleInterface):
+    """The first pass's mask of two-pass artefact reduction: the brain mask less its unreliable
+    edge (as `RemoveBackground` drops it) and less the unreliable voxels inside, holes kept."""
+
+    input_spec = _HollowMaskInputSpec
+    output_spec = _StageOutputSpec
+
+    def _run_interface(self, runtime):
+        field_hz, ref = load(self.inputs.field)
+        noise_hz = load(self.inputs.noise)[0]
+        brain = load_mask(self.inputs.mask)
+        echo_times = sorted(self.inputs.echo_times)
+        spacing = np.diff(echo_times)
+        # The edge as background removal of the second pass leaves it (`RemoveBackground`).
+        (edge, _, edge_warnings) = run_stage(
+            reliable_field, brain, field_hz, noise_hz,
+            data={"echo_spacing_s": float(min(spacing)) if len(spacing) else None},
+            params={"noise_factor": self.inputs.noise_factor,
+                    "deviation_factor": self.inputs.deviation_factor if len(spacing) >= 2 else 0.0},
+        )  # fmt:skip
+        hollow, params, warnings = run_stage(
+            hollow_mask, edge, field_hz, noise_hz,
+            data={"echo_time_s": echo_times[-1]}, params=self.inputs.params,
+            nthreads=self.inputs.omp_nthreads,
+        )  # fmt:skip
+        self._results["out_file"] = save_like(ref, hollow, runtime.cwd, "hollow_mask", np.uint8)
+        self._results["params"] = {**params, "unreliable_voxels": int(edge.sum() - hollow.sum())}
+        self._results["warnings"] = [*edge_warnings, *warnings]
+        return runtime
+
+
+class _TwoPassInputSpec(_StageInputSpec):
+    chi_pass1 = File(exists=True, mandatory=True, desc="susceptibility of pass 1 (ppm)")
+    valid_pass1 = File(exists=True, mandatory=True, desc="where pass 1's local field is valid")
+    chi_pass2 = File(exists=True, mandatory=True, desc="susceptibility of pass 2 (ppm)")
+    mask_pass2 = File(exists=True, mandatory=True, desc="support of pass 2's map")
+    inversion_params = traits.Dict(mandatory=True, desc="settings of the inversion (pass 2)")
+    hollow_params = traits.Dict(mandatory=True, desc="settings of pass 1's mask (`HollowMask`)")
+
+
+class _TwoPassOutputSpec(_StageOutputSpec):
+    mask = File(exists=True, desc="mask of the susceptibility map")
+
+
+class TwoPass(SimpleInterface):
+    """Two-pass artefact reduction: pass 1's map where it is valid, pass 2's elsewhere; the
+    inversion's settings with a `two_pass` entry (its settings and how many voxels came from
+    pass 2)."""
+
+    input_spec = _TwoPassInputSpec
+    output_spec = _TwoPassOutputSpec
+
+    def _run_interface(self, runtime):
+        chi_pass2, ref = load(self.inputs.chi_pass2)
+        valid_pass1 = load_mask(self.inputs.valid_pass1)
+        mask_pass2 = load_mask(self.inputs.mask_pass2)
+        (chi, mask, offset), _, warnings = run_stage(
+            combine_passes, load(self.inputs.chi_pass1)[0], valid_pass1, chi_pass2, mask_pass2,
+            data={}, params={},
+        )  # fmt:skip
+        self._results["out_file"] = save_like(ref, chi, runtime.cwd, "chi_two_pass")
+        self._results["mask"] = save_like(ref, mask, runtime.cwd, "chi_mask", dtype=np.uint8)
+        self._results["params"] = {
+            **self.inputs.inversion_params,
+            "two_pass": {
+                **self.inputs.hollow_params,
+                "voxels_from_pass2": int((mask & ~valid_pass1).sum()),
+                "pass2_offset_ppm": offset,
+            },
+        }
         self._results["warnings"] = warnings
         return runtime

@@ -79,6 +79,7 @@ def init_single_subject_wf(subject, runs, settings, segmentations, masks, lesion
             relaxometry_method=methods.relaxometry,
             background_method=methods.background,
             inversion_method=methods.inversion,
+            two_pass=methods.two_pass,
             reference=reference,
             reference_labels=label_values,
             parameters=methods.parameters,

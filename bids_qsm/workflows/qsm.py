@@ -7,7 +7,13 @@ from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
 from bids_qsm.data import load_json
 from bids_qsm.interfaces.fieldmap import BrainMask, FitField, LoadEchoes, R2Star, Unwrap
-from bids_qsm.interfaces.inversion import Invert, Reference, RemoveBackground
+from bids_qsm.interfaces.inversion import (
+    HollowMask,
+    Invert,
+    Reference,
+    RemoveBackground,
+    TwoPass,
+)
 from bids_qsm.interfaces.metadata import Sidecars
 from bids_qsm.interfaces.readouts import Foci, Lesions, ReadoutFigures, Veins
 from bids_qsm.interfaces.reports import RunFigures
@@ -69,6 +75,7 @@ def init_qsm_wf(
     relaxometry_method="loglinear",
     background_method="lbv",
     inversion_method="tfi",
+    two_pass=False,
     reference="mean",
     reference_labels=(),
     parameters=None,
@@ -89,8 +96,9 @@ def init_qsm_wf(
     mask_file: the user's brain mask on the run's grid, used instead of `mask_method`;
     reference_labels: label indices of the reference region when `reference` is "labels" (the
     label image arrives on `inputnode.labels`); parameters: {stage: {parameter: value}} for the
-    stages mask, unwrap, combine, relaxometry, background, inversion, reference, swi, foci,
-    veins and lesions, where the method's defaults are not wanted. foci, veins, lesions: which
+    stages mask, unwrap, combine, relaxometry, background, inversion, two_pass, reference, swi,
+    foci, veins and lesions, where the method's defaults are not wanted. two_pass: two-pass
+    artefact reduction (`init_inversion_wf`). foci, veins, lesions: which
     read-outs to add (`init_readouts_wf`; the lesion labels arrive on `inputnode.lesions`);
     hct, csf_labels, white_matter_labels: as in `init_readouts_wf`.
     """
@@ -109,7 +117,7 @@ def init_qsm_wf(
     inversion_wf = init_inversion_wf(
         mem_gb=mem_gb, omp_nthreads=omp_nthreads, background_method=background_method,
         inversion_method=inversion_method, reference=reference,
-        reference_labels=reference_labels, parameters=parameters,
+        reference_labels=reference_labels, parameters=parameters, two_pass=two_pass,
     )  # fmt:skip
     swi_wf = init_swi_wf(mem_gb=mem_gb, omp_nthreads=omp_nthreads, parameters=parameters)
     run_outputs_wf = init_run_outputs_wf(mem_gb=mem_gb, relaxometry=multi_echo)
@@ -368,6 +376,7 @@ def init_inversion_wf(
     reference="mean",
     reference_labels=(),
     parameters=None,
+    two_pass=False,
     name="inversion_wf",
 ):
     """Field (Hz) -> local field (ppm) -> referenced susceptibility (ppm).
@@ -377,7 +386,10 @@ def init_inversion_wf(
     echo_times (s), field_strength (T), labels (for the 'labels' reference). Outputs:
     local_field (ppm), mask (where the local field and chi are valid), chimap (ppm), params
     ({stage: settings} of background, inversion, reference), warnings. Arguments as in
-    `init_qsm_wf`.
+    `init_qsm_wf`. two_pass: two-pass artefact reduction (Stewart et al. 2022): background
+    removal and inversion once more on a mask without the unreliable voxels inside the brain
+    (`HollowMask`, settings under parameters["two_pass"]), that map kept where it is valid and
+    the full mask's map in the voxels it left out (`TwoPass`; local_field stays the full mask's).
     """
     parameters = parameters or {}
     cites = load_json("citations.json")
@@ -388,6 +400,8 @@ def init_inversion_wf(
         f"and susceptibility was computed with {cites['inversion'][inversion_method][0]}, "
         f"referenced to {cites['reference'][reference][0]}. "
     )
+    if two_pass:
+        workflow.__desc__ += f"{cites['two_pass']['default'][0]}. "
     inputnode = pe.Node(
         niu.IdentityInterface(fields=["field", "noise", "brain_mask", "echo_times",
                                       "field_strength", "labels"]),
@@ -420,8 +434,11 @@ def init_inversion_wf(
                                   output_names=["out"]),
                      name="params", run_without_submitting=True)  # fmt:skip
     params.inputs.names = ["background", "inversion", "reference"]
-    warnings = pe.Node(niu.Merge(3, ravel_inputs=True), name="warnings",
+    warnings = pe.Node(niu.Merge(6 if two_pass else 3, ravel_inputs=True), name="warnings",
                        run_without_submitting=True)  # fmt:skip
+    # The map that is referenced: the inversion's, or the two passes joined.
+    chimap = _two_pass(workflow, inputnode, background, invert, warnings, mem_gb=mem_gb,
+                       stage_inputs=stage_inputs) if two_pass else invert  # fmt:skip
     workflow.connect([
         (inputnode, background, [("field_strength", "field_strength"), ("field", "field"),
                                  ("brain_mask", "mask"), ("noise", "noise"),
@@ -431,20 +448,60 @@ def init_inversion_wf(
             ("brain_mask", "brain_mask"), ("noise", "noise"),
         ]),
         (background, invert, [("out_file", "local_field"), ("mask", "mask")]),
-        (invert, reference_node, [("out_file", "chimap"), ("mask", "mask")]),
+        (chimap, reference_node, [("out_file", "chimap"), ("mask", "mask")]),
         (background, params, [("params", "in1")]),
-        (invert, params, [("params", "in2")]),
+        (chimap, params, [("params", "in2")]),
         (reference_node, params, [("params", "in3")]),
         (background, warnings, [("warnings", "in1")]),
         (invert, warnings, [("warnings", "in2")]),
         (reference_node, warnings, [("warnings", "in3")]),
         (background, outputnode, [("out_file", "local_field")]),
-        (invert, outputnode, [("mask", "mask")]),
+        (chimap, outputnode, [("mask", "mask")]),
         (reference_node, outputnode, [("out_file", "chimap")]),
         (params, outputnode, [("out", "params")]),
         (warnings, outputnode, [("out", "warnings")]),
     ])  # fmt:skip
     return workflow
+
+
+def _two_pass(workflow, inputnode, background, invert, warnings, *, mem_gb, stage_inputs):
+    """Pass 1 of two-pass artefact reduction beside `background` and `invert` (pass 2), and the
+    node that joins them (its outputs: out_file, mask, params, warnings)."""
+    # The pass-1 mask reads what background removal reads; pass 1 runs each stage once more
+    # (the same estimates); joining holds four volumes and writes two, as referencing does.
+    hollow_mask = pe.Node(
+        HollowMask(**stage_inputs("two_pass")),
+        name="hollow_mask", mem_gb=mem_gb["background"], n_procs=background.n_procs,
+    )  # fmt:skip
+    background_pass1 = pe.Node(
+        RemoveBackground(method=background.inputs.method, **stage_inputs("background")),
+        name="background_pass1", mem_gb=mem_gb["background"], n_procs=background.n_procs,
+    )  # fmt:skip
+    invert_pass1 = pe.Node(
+        Invert(method=invert.inputs.method, **stage_inputs("inversion")),
+        name="invert_pass1", mem_gb=mem_gb["invert"], n_procs=invert.n_procs,
+    )  # fmt:skip
+    two_pass = pe.Node(TwoPass(), name="two_pass", mem_gb=mem_gb["reference"])
+    workflow.connect([
+        (inputnode, hollow_mask, [("field", "field"), ("noise", "noise"),
+                                  ("brain_mask", "mask"), ("echo_times", "echo_times")]),
+        (inputnode, background_pass1, [("field_strength", "field_strength"), ("field", "field")]),
+        (hollow_mask, background_pass1, [("out_file", "mask")]),
+        (inputnode, invert_pass1, [
+            ("echo_times", "echo_times"), ("field_strength", "field_strength"),
+            ("brain_mask", "brain_mask"), ("noise", "noise"),
+        ]),
+        (background_pass1, invert_pass1, [("out_file", "local_field"), ("mask", "mask")]),
+        (invert_pass1, two_pass, [("out_file", "chi_pass1")]),
+        (background_pass1, two_pass, [("mask", "valid_pass1")]),
+        (invert, two_pass, [("out_file", "chi_pass2"), ("mask", "mask_pass2"),
+                            ("params", "inversion_params")]),
+        (hollow_mask, two_pass, [("params", "hollow_params")]),
+        (hollow_mask, warnings, [("warnings", "in4")]),
+        (background_pass1, warnings, [("warnings", "in5")]),
+        (invert_pass1, warnings, [("warnings", "in6")]),
+    ])  # fmt:skip
+    return two_pass
 
 
 def init_swi_wf(*, mem_gb, omp_nthreads=1, parameters=None, name="swi_wf"):
