@@ -56,8 +56,8 @@ def test_table_marks_the_default_and_keeps_columns(tables):
 def test_section_replaces_only_its_markers(tables, tmp_path):
     doc = tmp_path / "validation.md"
     doc.write_text("# Hand-written\n\nkept above\n")
-    results = [("head", [_row(("lbv", "tfi"), pipeline_diff=0.0)], ("lbv", "tfi"), None),
-               ("forward", [], None, "Skipped: qsm-forward is not importable here.")]  # fmt: skip
+    results = [("head", [_row(("lbv", "tfi"), pipeline_diff=0.0)], ("lbv", "tfi"), "38"),
+               ("forward", None, None, "Skipped: qsm-forward is not importable here.")]  # fmt: skip
     first = tables.section(results, "| method |", 60.0, command="python x.py")
     tables.write_section(doc, first)  # no markers yet: appended
     doc.write_text(doc.read_text() + "\nkept below\n")
@@ -68,4 +68,5 @@ def test_section_replaces_only_its_markers(tables, tmp_path):
     assert text.endswith(tables.END + "\n\nkept below\n")
     assert text.count(tables.BEGIN) == 1 and text.count(tables.END) == 1
     assert "--fixtures head" in text and "Skipped" not in text and "2016" not in text
-    assert "The default pair's map is the pipeline's own." in text
+    assert "The default pair's map is the pipeline's own (end to end in 38 s)." in text
+    assert "Skipped: qsm-forward is not importable here." in first
