@@ -111,6 +111,7 @@ class RoiStats(SimpleInterface):
             "ErodeVoxels": self.inputs.erode_voxels,
             "LabelsKeptUneroded": [row["index"] for row in rows if not row["eroded"]],
             "MaskCoverage": round(coverage, 4),
+            "LabelCoverage": {row["index"]: round(row["coverage"], 4) for row in rows},
             **self.inputs.labels_meta,
         }
         path = write_roi_table(Path(runtime.cwd) / "roistats.tsv", rows, sidecar=sidecar)

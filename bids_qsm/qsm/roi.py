@@ -3,6 +3,8 @@
 One row per label: voxel count and volume (mm^3) inside the map's mask, and the mean, median,
 standard deviation and quartiles of chi (ppm). Labels may first be eroded one by one, so that
 voxels which share a neighbour with another label (partial volume at the boundary) are left out.
+Each label's coverage by the mask is reported too: a label the mask covers only in part (a skull
+label whose rim the mask touches, a structure cut by the mask's edge) is described by that part.
 """
 
 import logging
@@ -93,6 +95,17 @@ def erode_labels(labels, iterations=1):
     return out
 
 
+def label_coverage(labels, mask):
+    """{label: fraction of its voxels inside `mask`} for every label (0 excluded) that has a
+    voxel inside it; labels: integer image, mask: bool, same grid. Fractions are of the voxels
+    on this grid (a label cut by the field of view counts the part in view)."""
+    labels = np.asarray(labels)
+    inside = np.asarray(mask, dtype=bool) & (labels != 0)
+    total = dict(zip(*np.unique(labels[labels != 0], return_counts=True), strict=True))
+    within = zip(*np.unique(labels[inside], return_counts=True), strict=True)
+    return {int(k): float(n / total[k]) for k, n in within}
+
+
 def roi_statistics(chi, mask, labels, *, voxel_size, names=None, erode_voxels=0):
     """Rows of per-label chi statistics (ppm) inside `mask`, in ascending label order.
 
@@ -103,8 +116,9 @@ def roi_statistics(chi, mask, labels, *, voxel_size, names=None, erode_voxels=0)
     voxels instead, so small nuclei still get a row; such rows have `eroded` False.
 
     Each row is a dict with the keys of ROI_COLUMNS (n_voxels inside the mask, volume in mm^3;
-    mean, median, std (population, ddof 0) and 25th/75th percentiles in ppm) and `eroded`: whether
-    the statistics come from the eroded label. Labels with no voxel inside the mask are left out.
+    mean, median, std (population, ddof 0) and 25th/75th percentiles in ppm), `eroded`: whether
+    the statistics come from the eroded label, and `coverage`: the label's fraction inside the
+    mask (`label_coverage`). Labels with no voxel inside the mask are left out.
     """
     chi = np.asarray(chi, dtype=np.float32)
     mask = np.asarray(mask, dtype=bool)
@@ -119,6 +133,7 @@ def roi_statistics(chi, mask, labels, *, voxel_size, names=None, erode_voxels=0)
     voxel_mm3 = float(np.prod(voxel_size))
     full = _values_by_label(chi, mask, labels)
     eroded = _values_by_label(chi, mask, erode_labels(labels, erode_voxels)) if erode_voxels else {}
+    coverage = label_coverage(labels, mask)
     rows = []
     for index, values in full.items():
         used_erosion = bool(erode_voxels) and index in eroded
@@ -142,6 +157,7 @@ def roi_statistics(chi, mask, labels, *, voxel_size, names=None, erode_voxels=0)
                 "p25": float(p25),
                 "p75": float(p75),
                 "eroded": used_erosion,
+                "coverage": coverage[index],
             }
         )
     return rows
