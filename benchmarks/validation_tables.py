@@ -174,7 +174,7 @@ def run_pairs(name, bids, folder, backgrounds, inversions):
         start = time.perf_counter()
         try:
             removed = RemoveBackground(**{**nodes["background"], "method": background}).run(
-                cwd=str(_fresh(pairs / background))
+                cwd=str(_folder(pairs / background))
             )
         except Exception as error:  # a method that fails is a result of the table too
             print(f"[{name}] {background}: failed: {_last_line(error)}", flush=True)
@@ -191,7 +191,7 @@ def run_pairs(name, bids, folder, backgrounds, inversions):
             row = {"pair": (background, inversion)}
             start = time.perf_counter()
             try:
-                cwd = _fresh(pairs / f"{background}_{inversion}")
+                cwd = _folder(pairs / f"{background}_{inversion}")
                 inverted = Invert(
                     **{**nodes["invert"], "method": inversion, "local_field": local, "mask": valid}
                 ).run(cwd=str(cwd))
@@ -218,7 +218,7 @@ def run_pairs(name, bids, folder, backgrounds, inversions):
     return rows, default, nodes["seconds"]
 
 
-def _fresh(folder):
+def _folder(folder):
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -391,7 +391,7 @@ def main(argv=None):
     start = time.perf_counter()
     results = []
     for fixture in args.fixtures:
-        folder = _fresh(args.cache / fixture)
+        folder = _folder(args.cache / fixture)
         try:
             bids = make_fixture(fixture, folder)
             if bids is None:
