@@ -121,6 +121,12 @@ def scene(tmp_path_factory):
                  "--skip-bids-validation", "--segmentation-dir", str(truth_dir)])  # fmt: skip
     assert code == 0
     anat, true_anat = out / "sub-01" / "anat", truth_dir / "sub-01" / "anat"
+    true_labels = nb.load(true_anat / "sub-01_dseg.nii.gz")
+    # `head_on_grid` repeats the phantom's draws: sampled on the MEGRE grid's voxel centres it
+    # must give the true labels (a 2x2x2 majority) wherever partial volume does not decide.
+    again = head_on_grid(true_labels.shape, true_labels.affine, tilt_deg=TILT_DEG, seed=SEED)
+    agree = np.mean(again == np.asarray(true_labels.dataobj))
+    assert agree > 0.98, f"head_on_grid no longer repeats simulate_head ({agree:.1%} agree)"
     motion = rigid(MOTION_DEG, MOTION_MM)
     t1w_dir = write_t1w_segmentation(
         root / "t1w_seg", bids, tilt_deg=TILT_DEG, seed=SEED, motion=motion
