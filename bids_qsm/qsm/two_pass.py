@@ -40,8 +40,9 @@ def hollow_mask(
     and its phase no longer follows the field. Unlike `reliable_field`, this holds inside the
     brain too, and the holes are not filled back. Of what is kept, only the largest connected
     component stays (tissue cut off by holes has no boundary of its own for background removal).
-    The defaults leave out the strong foci of the head phantom and of the realistic fixtures
-    (noise 15-22 times the median, neighbour deviation 8-10 Hz at 3 T) and little else.
+    On the 2 mm head phantom (3 T, TE up to 28 ms) the defaults make holes of 15 voxels inside
+    the brain: 3 of the 5 microbleed voxels (noise 19-22 times the median), 5 of the 12
+    calcification voxels and 7 next to them; the veins (noise up to 10 times) stay.
     """
     mask = np.asarray(mask, dtype=bool)
     out = np.zeros_like(mask)
