@@ -361,6 +361,7 @@ def _run_workflow(settings, runs, segmentations, masks, verbosity, lesions=None)
             "inversion": methods.inversion, "reference": methods.reference,
             **{readout: "default" for readout, used in (
                 ("foci", methods.foci), ("veins", methods.veins), ("lesions", bool(lesions)),
+                ("two_pass", methods.two_pass),
             ) if used},
         },
     )  # fmt:skip
