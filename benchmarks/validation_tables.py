@@ -4,7 +4,8 @@ Usage: python benchmarks/validation_tables.py [--out docs/validation.md] [--cach
        [--fixtures head cosmos forward] [--backgrounds lbv ...] [--inversions tfi ...]
        [--no-2016]
 
-For each fixture (made once and kept in --cache; a fixture already there is reused):
+For each fixture (made once and kept in --cache; a fixture there made by the same code, the
+same commit and uncommitted changes under bids_qsm/, is reused):
 
 - head: the project's head phantom (`bids_qsm-phantom` defaults: 2 mm, 3 T, 5 echoes, SNR 100;
   skull, air, veins, a microbleed, a calcification, deep grey matter labels);
@@ -26,8 +27,10 @@ replace the section of --out between the markers below (the rest of the file is 
 
 import argparse
 import datetime
+import hashlib
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -68,14 +71,18 @@ COLUMNS = (
 )  # fmt: skip
 
 
-def make_fixture(name, folder):
-    """The fixture's BIDS dataset under `folder` (made unless a finished one is there), or None
-    with a note when it cannot be made here."""
+def make_fixture(name, folder, version):
+    """The fixture's BIDS dataset under `folder` (made unless one made by this code `version`
+    is there), or None when it cannot be made here (no qsm-forward)."""
     bids, done = folder / "bids", folder / "fixture.done"
-    if done.is_file():
+    if _stamp(done) == version:
         print(f"[{name}] reusing {bids}", flush=True)
         return bids
     from bids_qsm import phantom
+
+    for old in (done, folder / "pipeline.done"):
+        old.unlink(missing_ok=True)
+    shutil.rmtree(bids, ignore_errors=True)
 
     start = time.perf_counter()
     if name == "head":
@@ -99,7 +106,7 @@ def make_fixture(name, folder):
         code = 0
     if code:
         raise RuntimeError(f"making the {name} fixture failed with exit code {code}")
-    done.write_text("")
+    done.write_text(f"{version}\n")
     print(f"[{name}] made {bids} in {time.perf_counter() - start:.0f} s", flush=True)
     return bids
 
@@ -129,23 +136,26 @@ def _coarse_cosmos(folder):
     return paths
 
 
-def field_stage(name, bids, folder):
-    """Run the default pipeline once (unless done) and return the saved inputs of its
-    background, invert and reference nodes, its own referenced chi map (file, `chi`) and its
-    wall time (s, text; empty for runs made before it was recorded)."""
+def field_stage(name, bids, folder, version):
+    """Run the default pipeline once (unless this code `version` ran it there) and return the
+    saved inputs of its background, invert and reference nodes, its own referenced chi map
+    (file, `chi`) and its wall time (s, `seconds`)."""
     from nipype.utils.filemanip import loadpkl
 
     work, done = folder / "work", folder / "pipeline.done"
-    if not done.is_file():
+    if _stamp(done) != version:
         from bids_qsm.cli.run import main as bids_qsm
 
+        # Nipype's cache keys on inputs, not code: a run of other code must go.
+        for old in (work, folder / "out"):
+            shutil.rmtree(old, ignore_errors=True)
         start = time.perf_counter()
         code = bids_qsm([str(bids), str(folder / "out"), "participant", "-w", str(work),
                          "--skip-bids-validation"])  # fmt: skip
         if code:
             raise RuntimeError(f"the default pipeline failed on {name} with exit code {code}")
         seconds = time.perf_counter() - start
-        done.write_text(f"{seconds:.0f}\n")  # wall time of the run, for the table's note
+        done.write_text(f"{version}\n{seconds:.0f}\n")  # the run's wall time, for the table
         print(f"[{name}] default pipeline: {seconds:.0f} s", flush=True)
     nodes = {}
     for node in ("background", "invert", "reference"):
@@ -154,17 +164,17 @@ def field_stage(name, bids, folder):
             raise RuntimeError(f"no {node} node in {work}: remove {done} to rerun the pipeline")
         nodes[node] = loadpkl(found[0])
     nodes["chi"] = next(work.rglob("inversion_wf/reference/chi_referenced.nii"))
-    nodes["seconds"] = done.read_text().strip()
+    nodes["seconds"] = done.read_text().split()[1]
     nodes["two_pass"] = any(work.rglob("inversion_wf/two_pass/_inputs.pklz"))
     return nodes
 
 
-def run_pairs(name, bids, folder, backgrounds, inversions):
+def run_pairs(name, bids, folder, backgrounds, inversions, version):
     """Score every pair on one fixture; returns the table rows (dicts), the default pair and
     the default pipeline's wall time (s, text)."""
     from bids_qsm.interfaces.inversion import Invert, Reference, RemoveBackground
 
-    nodes = field_stage(name, bids, folder)
+    nodes = field_stage(name, bids, folder, version)
     default = (nodes["background"]["method"], nodes["invert"]["method"])
     truth = load_truth(bids)
     b0 = nodes["background"]["field_strength"]
@@ -216,6 +226,18 @@ def run_pairs(name, bids, folder, backgrounds, inversions):
                   f"HFEN {row['hfen']:.1f} %  slope {row['slope']:.3f}  "
                   f"({row['seconds']:.0f} s)", flush=True)  # fmt: skip
     return rows, default, nodes["seconds"]
+
+
+def _stamp(path):
+    """The code version written in a stamp file (its first line), or None."""
+    return path.read_text().split("\n", 1)[0] if path.is_file() else None
+
+
+def code_version():
+    """HEAD's short commit, plus a hash of the uncommitted changes under bids_qsm/ if any."""
+    commit = _git("rev-parse", "--short", "HEAD") or "?"
+    diff = _git("diff", "HEAD", "--", "bids_qsm")
+    return commit + (f"+{hashlib.sha1(diff.encode()).hexdigest()[:8]}" if diff else "")
 
 
 def _folder(folder):
@@ -271,17 +293,17 @@ def qsm2016_table(inversions):
         return "\n".join(x for x in out.read_text().splitlines() if x.startswith("|"))
 
 
-def footer(seconds):
-    """Machine, date, commit and run time, one paragraph."""
+def footer(seconds, version):
+    """Machine, date, code version (at the start of the run: `version`) and run time."""
     cpu = next(
         (x.split(":", 1)[1].strip() for x in _read("/proc/cpuinfo").splitlines()
          if x.startswith("model name")), platform.processor() or "?",
     )  # fmt: skip
     mem = next((int(x.split()[1]) / 2**20 for x in _read("/proc/meminfo").splitlines()
                 if x.startswith("MemTotal")), 0.0)  # fmt: skip
-    commit = _git("rev-parse", "--short", "HEAD") or "?"
-    if _git("status", "--porcelain", "--", "bids_qsm"):
-        commit += " with uncommitted changes under bids_qsm/"
+    commit = version + (" (+: uncommitted changes under bids_qsm/)" if "+" in version else "")
+    if code_version() != version:
+        commit += f", the code changing to {code_version()} during the run"
     load = os.getloadavg()
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (
@@ -306,7 +328,7 @@ def _git(*args):
     return done.stdout.strip() if done.returncode == 0 else ""
 
 
-def section(results, sanity, seconds, *, command):
+def section(results, sanity, seconds, *, command, version):
     """The generated markdown section, markers included. results: [(fixture, rows, default,
     note)], note the default pipeline's wall time (s) or, where rows is None, why it has none;
     sanity: the 2016 table or None."""
@@ -359,7 +381,7 @@ def section(results, sanity, seconds, *, command):
             "",
             sanity,
         ]
-    parts += ["", textwrap.fill(footer(seconds), width=100), END]
+    parts += ["", textwrap.fill(footer(seconds, version), width=100), END]
     return "\n".join(parts) + "\n"
 
 
@@ -388,19 +410,19 @@ def main(argv=None):
                         help="leave out the 2016 challenge's table")  # fmt: skip
     args = parser.parse_args(argv)
     os.environ.setdefault("NIPYPE_NO_ET", "1")
-    start = time.perf_counter()
+    start, version = time.perf_counter(), code_version()
     results = []
     for fixture in args.fixtures:
         folder = _folder(args.cache / fixture)
         try:
-            bids = make_fixture(fixture, folder)
+            bids = make_fixture(fixture, folder, version)
             if bids is None:
                 note = "Skipped: qsm-forward is not importable here."
                 print(f"[{fixture}] {note}", flush=True)
                 results.append((fixture, None, None, note))
                 continue
             rows, default, seconds = run_pairs(
-                fixture, bids, folder, args.backgrounds, args.inversions
+                fixture, bids, folder, args.backgrounds, args.inversions, version
             )
         except Exception as error:
             traceback.print_exc()
@@ -413,7 +435,7 @@ def main(argv=None):
         sanity = qsm2016_table(args.inversions)
     given = sys.argv[1:] if argv is None else argv
     command = " ".join(["python benchmarks/validation_tables.py", *given])
-    text = section(results, sanity, time.perf_counter() - start, command=command)
+    text = section(results, sanity, time.perf_counter() - start, command=command, version=version)
     write_section(args.out, text)
     print(f"wrote {args.out} ({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
 

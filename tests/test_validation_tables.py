@@ -58,10 +58,12 @@ def test_section_replaces_only_its_markers(tables, tmp_path):
     doc.write_text("# Hand-written\n\nkept above\n")
     results = [("head", [_row(("lbv", "tfi"), pipeline_diff=0.0)], ("lbv", "tfi"), "38"),
                ("forward", None, None, "Skipped: qsm-forward is not importable here.")]  # fmt: skip
-    first = tables.section(results, "| method |", 60.0, command="python x.py")
+    first = tables.section(results, "| method |", 60.0, command="python x.py", version="abc1234")
     tables.write_section(doc, first)  # no markers yet: appended
     doc.write_text(doc.read_text() + "\nkept below\n")
-    second = tables.section(results[:1], None, 120.0, command="python x.py --fixtures head")
+    second = tables.section(
+        results[:1], None, 120.0, command="python x.py --fixtures head", version="abc1234+0f0f0f0f"
+    )
     tables.write_section(doc, second)
     text = doc.read_text()
     assert text.startswith("# Hand-written\n\nkept above\n")
@@ -70,3 +72,6 @@ def test_section_replaces_only_its_markers(tables, tmp_path):
     assert "--fixtures head" in text and "Skipped" not in text and "2016" not in text
     assert "The default pair's map is the pipeline's own (end to end in 38 s)." in text
     assert "Skipped: qsm-forward is not importable here." in first
+    assert "at commit abc1234+0f0f0f0f (+: uncommitted changes under bids_qsm/)" in " ".join(
+        text.split()
+    )
