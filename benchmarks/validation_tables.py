@@ -5,7 +5,7 @@ Usage: python benchmarks/validation_tables.py [--out docs/validation.md] [--cach
        [--no-2016]
 
 For each fixture (made once and kept in --cache; a fixture there made by the same code, the
-same commit and uncommitted changes under bids_qsm/, is reused):
+same last commit and uncommitted changes under bids_qsm/, is reused):
 
 - head: the project's head phantom (`bids_qsm-phantom` defaults: 2 mm, 3 T, 5 echoes, SNR 100;
   skull, air, veins, a microbleed, a calcification, deep grey matter labels);
@@ -234,8 +234,9 @@ def _stamp(path):
 
 
 def code_version():
-    """HEAD's short commit, plus a hash of the uncommitted changes under bids_qsm/ if any."""
-    commit = _git("rev-parse", "--short", "HEAD") or "?"
+    """The last commit that changed bids_qsm/ (short), plus a hash of the uncommitted changes
+    there if any: commits of docs or tests alone leave it as it is."""
+    commit = _git("log", "-1", "--format=%h", "--", "bids_qsm") or "?"
     diff = _git("diff", "HEAD", "--", "bids_qsm")
     return commit + (f"+{hashlib.sha1(diff.encode()).hexdigest()[:8]}" if diff else "")
 
@@ -307,8 +308,8 @@ def footer(seconds, version):
     load = os.getloadavg()
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (
-        f"Generated {now} at commit {commit}, in {seconds / 60:.0f} min on {os.cpu_count()} "
-        f"cores ({cpu}, {mem:.0f} GB), shared with other work (load average "
+        f"Generated {now} with bids_qsm/ at commit {commit}, in {seconds / 60:.0f} min on "
+        f"{os.cpu_count()} cores ({cpu}, {mem:.0f} GB), shared with other work (load average "
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end; times are upper bounds)."
     )
 

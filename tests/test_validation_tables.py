@@ -72,6 +72,7 @@ def test_section_replaces_only_its_markers(tables, tmp_path):
     assert "--fixtures head" in text and "Skipped" not in text and "2016" not in text
     assert "The default pair's map is the pipeline's own (end to end in 38 s)." in text
     assert "Skipped: qsm-forward is not importable here." in first
-    assert "at commit abc1234+0f0f0f0f (+: uncommitted changes under bids_qsm/)" in " ".join(
-        text.split()
+    assert (
+        "with bids_qsm/ at commit abc1234+0f0f0f0f (+: uncommitted changes under bids_qsm/)"
+        in " ".join(text.split())
     )
