@@ -48,7 +48,11 @@ def test_dispatch_table_signatures():
             assert params[key].kind is inspect.Parameter.KEYWORD_ONLY, name
         for p in list(params.values())[2:]:
             if p.name not in ("voxel_size", "brain", "report", "noise_ppm"):  # data it fills in
-                if (name, p.name) in (("tgv", "alpha1"), ("tgv", "alpha0")):
+                if (name, p.name) in (
+                    ("tgv", "alpha1"),
+                    ("tgv", "alpha0"),
+                    ("tfi", "regularization"),
+                ):
                     assert p.default is None, "None: the strength follows the field's noise"
                     continue
                 assert isinstance(p.default, (int, float, str, tuple)), (name, p.name)
