@@ -216,18 +216,14 @@ def reliable_field(
         return mask
     box = _bbox(mask, 1)
     inside, field, noise = mask[box], field[box], noise[box]
-    typical = float(np.median(noise[inside]))
-    bad = ~np.isfinite(field) | ~np.isfinite(noise)
-    if typical > 0:
-        bad |= noise > noise_factor * typical
+    typical = typical_noise(noise, inside)
+    limit = None
     if echo_spacing_s:
-        deviation = np.zeros(inside.shape, np.float32)
-        _neighbour_median_deviation(np.where(bad, np.nan, field).astype(np.float32), inside,
-                                    deviation)  # fmt: skip
         limit = 0.5 / float(echo_spacing_s)
         if deviation_factor > 0:
             limit = min(limit, deviation_factor * typical)
-        bad |= deviation > limit
+    bad = unreliable_voxels(inside, field, noise, typical_hz=typical, noise_factor=noise_factor,
+                            deviation_limit_hz=limit)  # fmt: skip
     kept = inside & ~bad
     if kept.any():
         kept = ndimage.binary_fill_holes(_brain_component(kept)) & inside
@@ -243,6 +239,31 @@ def reliable_field(
             100.0 * dropped / mask.sum(),
         )
     return out
+
+
+def typical_noise(noise_hz, inside):
+    """Median of the finite noise (Hz) over `inside` (bool); 0 where there is none."""
+    finite = inside & np.isfinite(noise_hz)
+    return float(np.median(noise_hz[finite])) if finite.any() else 0.0
+
+
+def unreliable_voxels(inside, field_hz, noise_hz, *, typical_hz, noise_factor, deviation_limit_hz):
+    """Voxels whose fitted field cannot be trusted (bool, same grid as `inside`).
+
+    Non-finite field or noise; noise above `noise_factor` times `typical_hz` (the median noise,
+    `typical_noise`; no such test where it is 0); a field more than `deviation_limit_hz` (Hz)
+    from the median of its finite 26-neighbours in `inside` (None: no such test). The rules
+    of `reliable_field` (the edge) and `two_pass.hollow_mask` (the whole brain).
+    """
+    bad = ~np.isfinite(field_hz) | ~np.isfinite(noise_hz)
+    if typical_hz > 0:
+        bad |= noise_hz > noise_factor * typical_hz
+    if deviation_limit_hz is not None:
+        deviation = np.zeros(inside.shape, np.float32)
+        _neighbour_median_deviation(np.where(bad, np.nan, field_hz).astype(np.float32), inside,
+                                    deviation)  # fmt: skip
+        bad |= deviation > deviation_limit_hz
+    return bad
 
 
 @njit(parallel=True, cache=True)

@@ -18,7 +18,7 @@ import logging
 import numpy as np
 from scipy import ndimage
 
-from .mask import _neighbour_median_deviation
+from .mask import typical_noise, unreliable_voxels
 from .unwrap import _bbox
 
 logger = logging.getLogger(__name__)
@@ -52,15 +52,12 @@ def hollow_mask(
     inside = mask[box]
     field = np.asarray(field_hz, dtype=np.float32)[box]
     noise = np.asarray(noise_hz, dtype=np.float32)[box]
-    bad = ~np.isfinite(field) | ~np.isfinite(noise)
-    typical = float(np.median(noise[inside & ~bad])) if (inside & ~bad).any() else 0.0
-    if typical > 0:
-        bad |= noise > noise_factor * typical
-    if echo_time_s:
-        deviation = np.zeros(inside.shape, np.float32)
-        _neighbour_median_deviation(np.where(bad, np.nan, field).astype(np.float32), inside,
-                                    deviation)  # fmt: skip
-        bad |= deviation > deviation_cycles / float(echo_time_s)
+    finite = np.isfinite(field)
+    bad = unreliable_voxels(
+        inside, field, noise, typical_hz=typical_noise(noise, inside & finite),
+        noise_factor=noise_factor,
+        deviation_limit_hz=deviation_cycles / float(echo_time_s) if echo_time_s else None,
+    )  # fmt: skip
     kept = inside & ~bad
     labels, n = ndimage.label(kept)
     if n > 1:
