@@ -18,6 +18,21 @@ from bids_qsm.qsm.units import hz_to_ppm
 _EDGE = inspect.signature(reliable_field).parameters
 
 
+def _reliable_edge(mask, field_hz, noise_hz, inputs):
+    """`mask.reliable_field` with an interface's echo_times, noise_factor and deviation_factor:
+    (the mask without its unreliable edge, the deviation factor used, warnings)."""
+    spacing = np.diff(sorted(inputs.echo_times)) if inputs.echo_times else []
+    # With fewer than 3 echoes the noise map may be relative only (combine.py): then only the
+    # half-wrap limits the deviation from the neighbours.
+    deviation = inputs.deviation_factor if len(spacing) >= 2 else 0.0
+    reliable, _, warnings = run_stage(
+        reliable_field, mask, field_hz, noise_hz,
+        data={"echo_spacing_s": float(min(spacing)) if len(spacing) else None},
+        params={"noise_factor": inputs.noise_factor, "deviation_factor": deviation},
+    )  # fmt:skip
+    return reliable, deviation, warnings
+
+
 class _BackgroundInputSpec(_StageInputSpec):
     field = File(exists=True, mandatory=True, desc="total field (Hz)")
     mask = File(exists=True, mandatory=True, desc="brain mask")
@@ -57,15 +72,9 @@ class RemoveBackground(SimpleInterface):
         brain = mask = load_mask(self.inputs.mask)
         reliability = {}
         if self.inputs.noise:
-            spacing = np.diff(sorted(self.inputs.echo_times)) if self.inputs.echo_times else []
-            # With fewer than 3 echoes the noise map may be relative only (combine.py): then
-            # only the half-wrap limits the deviation from the neighbours.
-            deviation = self.inputs.deviation_factor if len(spacing) >= 2 else 0.0
-            (mask, _, edge_warnings) = run_stage(
-                reliable_field, mask, field_hz, load(self.inputs.noise)[0],
-                data={"echo_spacing_s": float(min(spacing)) if len(spacing) else None},
-                params={"noise_factor": self.inputs.noise_factor, "deviation_factor": deviation},
-            )  # fmt:skip
+            mask, deviation, edge_warnings = _reliable_edge(
+                mask, field_hz, load(self.inputs.noise)[0], self.inputs
+            )
             reliability = {
                 "unreliable_edge": {
                     "noise_factor": self.inputs.noise_factor,
@@ -202,18 +211,11 @@ class HollowMask(SimpleInterface):
         field_hz, ref = load(self.inputs.field)
         noise_hz = load(self.inputs.noise)[0]
         brain = load_mask(self.inputs.mask)
-        echo_times = sorted(self.inputs.echo_times)
-        spacing = np.diff(echo_times)
         # The edge as background removal of the second pass leaves it (`RemoveBackground`).
-        (edge, _, edge_warnings) = run_stage(
-            reliable_field, brain, field_hz, noise_hz,
-            data={"echo_spacing_s": float(min(spacing)) if len(spacing) else None},
-            params={"noise_factor": self.inputs.noise_factor,
-                    "deviation_factor": self.inputs.deviation_factor if len(spacing) >= 2 else 0.0},
-        )  # fmt:skip
+        edge, _, edge_warnings = _reliable_edge(brain, field_hz, noise_hz, self.inputs)
         hollow, params, warnings = run_stage(
             hollow_mask, edge, field_hz, noise_hz,
-            data={"echo_time_s": echo_times[-1]}, params=self.inputs.params,
+            data={"echo_time_s": max(self.inputs.echo_times)}, params=self.inputs.params,
             nthreads=self.inputs.omp_nthreads,
         )  # fmt:skip
         self._results["out_file"] = save_like(ref, hollow, runtime.cwd, "hollow_mask", np.uint8)
