@@ -248,9 +248,9 @@ def test_registered_labels_keep_the_region_means(scene):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 14: the map's own region errors (default pipeline, this phantom, on the grid: "
-    "brain stem +0.029, 4th ventricle +0.020, dentate -0.016, substantia nigra +0.015, cortex "
-    "-0.013 ppm) exceed 0.01 ppm; the table adds nothing on the grid",
+    reason="issue 14: the map's own region errors on this phantom exceed 0.01 ppm (a residual "
+    "background near the skull base: brain stem, 4th ventricle, substantia nigra; "
+    "docs/validation.md); the table adds nothing on the grid",
 )
 def test_region_tables_within_the_criterion(scene):
     """Issue 14: every scored region's table mean within 0.01 ppm of the truth with the labels on
