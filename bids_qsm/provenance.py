@@ -13,7 +13,8 @@ SIDECAR_STAGES = {
     "DipoleInversion": ("inversion", "inversion"),
     "Referencing": ("reference", "reference"),
 }
-# b0_direction is read off the data's affine; iterations_run is what TGV measured, not a setting;
+# b0_direction is read off the data's affine; iterations_run is what the iterative inversions
+# measured, not a setting;
 # unreliable_edge is what background removal left out of the mask (its thresholds are fixed);
 # two_pass (in DipoleInversion) is the two-pass artefact reduction's own stage
 _NOT_SETTINGS = ("method", "b0_direction", "iterations_run", "unreliable_edge", "two_pass")
