@@ -192,6 +192,10 @@ def run_pairs(name, bids, folder, backgrounds, inversions, version):
             continue
         seconds = time.perf_counter() - start
         local, valid = removed.outputs.out_file, removed.outputs.mask
+        # As in the pipeline: after LBV (only) the inversion is told LBV's boundary.
+        invert_inputs = {k: v for k, v in nodes["invert"].items() if k != "lbv_mask"}
+        if background == "lbv":
+            invert_inputs["lbv_mask"] = removed.outputs.method_mask
         local_score = {}
         if truth["local"] is not None:
             local_score = score_local(
@@ -203,7 +207,7 @@ def run_pairs(name, bids, folder, backgrounds, inversions, version):
             try:
                 cwd = _folder(pairs / f"{background}_{inversion}")
                 inverted = Invert(
-                    **{**nodes["invert"], "method": inversion, "local_field": local, "mask": valid}
+                    **{**invert_inputs, "method": inversion, "local_field": local, "mask": valid}
                 ).run(cwd=str(cwd))
                 referenced = Reference(
                     **{**nodes["reference"], "chimap": inverted.outputs.out_file,

@@ -13,11 +13,12 @@ SIDECAR_STAGES = {
     "DipoleInversion": ("inversion", "inversion"),
     "Referencing": ("reference", "reference"),
 }
-# b0_direction is read off the data's affine; iterations_run is what the iterative inversions
-# measured, not a setting;
+# b0_direction is read off the data's affine; iterations_run and boundary_pass_iterations are
+# what the iterative inversions measured, not settings;
 # unreliable_edge is what background removal left out of the mask (its thresholds are fixed);
 # two_pass (in DipoleInversion) is the two-pass artefact reduction's own stage
-_NOT_SETTINGS = ("method", "b0_direction", "iterations_run", "unreliable_edge", "two_pass")
+_NOT_SETTINGS = ("method", "b0_direction", "iterations_run", "boundary_pass_iterations",
+                 "unreliable_edge", "two_pass")  # fmt: skip
 
 
 def apply_sidecar(workflow, sidecar):

@@ -81,6 +81,8 @@ def test_chimap_grid_units_and_sidecar(phantom_run):
     assert meta["EstimationAlgorithm"] and meta["ReferenceRegion"]
     inversion = meta["DipoleInversion"]  # 2 mm voxels: no more iterations than at 1 mm
     assert 0 < inversion["iterations_run"] <= inversion["iterations"]
+    # After LBV, TFI's first pass gives back the brain's own field at LBV's boundary.
+    assert 0 < inversion["boundary_pass_iterations"] <= inversion["boundary_iterations"]
     r2 = json.loads((out / "sub-01" / "anat" / "sub-01_R2starmap.json").read_text())
     assert r2["Units"] == "1/s"
 

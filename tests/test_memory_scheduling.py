@@ -50,7 +50,7 @@ def test_estimates_grow_with_the_grid_and_the_echoes():
         assert 0.1 < gb < large[stage] <= more_echoes[stage] < 4
     # measured alone at 1 mm, five echoes (docs/hpc.md; LBV and TFI, the default methods):
     # what the estimates must cover
-    measured = {"phase_units": 0.626, "unwrap": 0.741, "combine": 0.629, "invert": 0.990,
+    measured = {"phase_units": 0.626, "unwrap": 0.741, "combine": 0.629, "invert": 0.778,
                 "background": 0.372, "swi": 0.522}  # fmt:skip
     for stage, gb in measured.items():
         assert gb <= large[stage] <= 1.3 * gb, stage

@@ -11,8 +11,9 @@ import inspect
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
-from bids_qsm.qsm.background import BACKGROUND
+from bids_qsm.qsm.background import BACKGROUND, harmonic_extension
 
 # Relative error ||local - truth|| / ||truth|| inside the returned mask, both demeaned (a constant
 # is harmonic, so no method can tell a local offset from the background; referencing removes it).
@@ -188,3 +189,16 @@ def test_vsharp_on_a_real_brain_mask(shared_data):
     assert valid.sum() > 0.9 * mask.sum()  # measured 0.95
     # Measured: 0.2 % of the real local field's spread, 3.5e-5 of the background's.
     assert _rms(_demeaned(out, valid)) < 0.02 * _rms(_demeaned(local, valid))
+
+
+def test_harmonic_extension_reproduces_a_harmonic_field_from_its_boundary():
+    """x^2 - y^2 plus a linear field is harmonic, for the 7-point Laplacian on anisotropic
+    voxels too: given on the mask's outer layer only, it comes back inside; 0 outside."""
+    voxel_size = (1.0, 1.0, 2.0)
+    mask, _, _ = _phantom(voxel_size)
+    x, y, z = _grid(mask.shape, voxel_size)
+    harmonic = (2e-4 * (x**2 - y**2) + 0.01 * x - 0.02 * z).astype(np.float32)
+    noisy_inside = harmonic + np.where(ndimage.binary_erosion(mask), 1.0, 0.0).astype(np.float32)
+    out = harmonic_extension(noisy_inside, mask, voxel_size=voxel_size)
+    assert np.max(np.abs(out - harmonic)[mask]) < 1e-4 * np.max(np.abs(harmonic[mask]))
+    assert np.all(out[~mask] == 0)

@@ -131,3 +131,16 @@ def test_readouts_reach_their_nodes_and_the_methods_text(foci, veins, lesions):
     if foci:
         assert workflow.get_node("readouts_wf.foci").inputs.params == {"min_contrast_ppm": 0.3}
         assert cites["foci"]["default"][0] in text
+
+
+@pytest.mark.parametrize("two_pass", [False, True])
+@pytest.mark.parametrize("background", ["lbv", "resharp"])
+def test_lbv_tells_the_inversion_its_boundary(background, two_pass):
+    """After LBV (only) the inversion is given the mask LBV took its boundary from, in each
+    pass, so that TFI can give back the brain's own field that LBV removed there."""
+    workflow = init_inversion_wf(mem_gb=MEM, background_method=background, two_pass=two_pass)
+    pairs = [("background", "invert")] + ([("background_pass1", "invert_pass1")] * two_pass)
+    for source, target in pairs:
+        edge = workflow._graph.get_edge_data(workflow.get_node(source), workflow.get_node(target))
+        told = ("method_mask", "lbv_mask") in edge["connect"]
+        assert told == (background == "lbv")

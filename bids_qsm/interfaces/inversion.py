@@ -59,6 +59,8 @@ class _BackgroundInputSpec(_StageInputSpec):
 
 class _BackgroundOutputSpec(_StageOutputSpec):
     mask = File(exists=True, desc="mask the local field is valid on")
+    method_mask = File(exists=True, desc="mask the method was given: the brain's, less its "
+                       "unreliable edge when the noise is known")  # fmt: skip
 
 
 class RemoveBackground(SimpleInterface):
@@ -96,6 +98,9 @@ class RemoveBackground(SimpleInterface):
             )
         self._results["out_file"] = save_like(ref, local, runtime.cwd, "local_field_ppm")
         self._results["mask"] = save_like(ref, valid, runtime.cwd, "mask", dtype=np.uint8)
+        self._results["method_mask"] = save_like(
+            ref, mask, runtime.cwd, "method_mask", dtype=np.uint8
+        )
         self._results["params"] = {"method": self.inputs.method, **params, **reliability}
         self._results["warnings"] = warnings
         return runtime
@@ -105,6 +110,11 @@ class _InvertInputSpec(_StageInputSpec):
     local_field = File(exists=True, mandatory=True, desc="local field (ppm)")
     mask = File(exists=True, mandatory=True, desc="mask the field is valid on")
     brain_mask = File(exists=True, desc="brain mask, for methods that extend chi beyond `mask`")
+    lbv_mask = File(
+        exists=True,
+        desc="where the local field came from LBV: the mask it took its boundary from, for "
+        "methods that give back the brain's own field LBV removed with it (TFI)",
+    )
     noise = File(exists=True, desc="standard error of the total field (Hz), from the echo fit")
     echo_times = traits.List(traits.Float, mandatory=True, desc="echo times (s)")
     field_strength = traits.Float(mandatory=True, desc="B0 (T)")
@@ -132,6 +142,8 @@ class Invert(SimpleInterface):
         }
         if self.inputs.brain_mask:
             acquisition["brain"] = load_mask(self.inputs.brain_mask)
+        if self.inputs.lbv_mask:
+            acquisition["lbv_mask"] = load_mask(self.inputs.lbv_mask)
         valid = load_mask(self.inputs.mask)
         if self.inputs.noise:
             # Methods whose strength follows the data's noise (TGV) take its typical level.

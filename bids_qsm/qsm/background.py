@@ -147,20 +147,32 @@ def lbv(field_ppm, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), peel=1, tol=1e-6
     field_ppm: total field (ppm); mask: bool; voxel_size: mm; b0_dir is unused (the method does
     not depend on it) and kept for the common signature. The background is the solution of
     Laplace's equation inside the mask that equals the measured field on the mask's outer voxel
-    layer (Zhou et al. 2014), solved with a 7-point Laplacian (anisotropic spacing) by
-    conjugate gradients to a relative residual of `tol`. The boundary layer carries no local
-    field by construction; `peel` further layers, where the boundary's noise leaks in, are
-    dropped as well.
+    layer (Zhou et al. 2014; `harmonic_extension`). The boundary layer carries no local field
+    by construction; `peel` further layers, where the boundary's noise leaks in, are dropped as
+    well.
     Returns (local field in ppm, float32, 0 outside the valid mask; valid mask, bool).
+    """
+    field, mask, voxel_size = _checked(field_ppm, mask, voxel_size)
+    valid = ndimage.binary_erosion(mask, iterations=1 + int(peel))
+    if not valid.any():
+        raise ValueError(f"the mask has no voxel left after peeling {1 + int(peel)} layers")
+    harmonic = harmonic_extension(field, mask, voxel_size=voxel_size, tol=tol, max_iter=max_iter)
+    local = np.where(valid, field - harmonic, np.float32(0.0)).astype(np.float32)
+    return local, valid
+
+
+def harmonic_extension(field_ppm, mask, *, voxel_size, tol=1e-6, max_iter=2000):
+    """The field (ppm) that solves Laplace's equation inside `mask` and equals `field_ppm` on
+    the mask's outer voxel layer: there the field itself, 0 outside the mask (float32).
+
+    voxel_size: mm. 7-point Laplacian (anisotropic spacing), conjugate gradients to a relative
+    residual of `tol` (at most `max_iter` iterations).
     """
     field, mask, voxel_size = _checked(field_ppm, mask, voxel_size)
     box = FFTBox(mask, (1, 1, 1))
     inside = box.crop(mask)
     field = box.crop(field)
     interior = ndimage.binary_erosion(inside)
-    valid = ndimage.binary_erosion(inside, iterations=1 + int(peel))
-    if not valid.any():
-        raise ValueError(f"the mask has no voxel left after peeling {1 + int(peel)} layers")
     weight = np.array([1.0 / h**2 for h in voxel_size], dtype=np.float32)
     boundary = np.where(interior, np.float32(0.0), field)
     rhs = np.zeros(box.shape, dtype=np.float32)
@@ -172,7 +184,7 @@ def lbv(field_ppm, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), peel=1, tol=1e-6
         return product
 
     harmonic = _conjugate_gradient(negative_laplacian, rhs, tol=tol, max_iter=max_iter)
-    return _finish(box, field - harmonic, valid)
+    return box.paste(np.where(interior, harmonic, boundary * inside).astype(np.float32))
 
 
 def resharp(

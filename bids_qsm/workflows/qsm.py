@@ -41,8 +41,8 @@ def estimate_mem_gb(n_voxels, n_echoes):
     docs/hpc.md), with the default methods: each estimate lies within 30 % of what was
     measured, most of them 3-26 % above. "readouts" is for the foci, veins and lesion read-outs.
     "invert" is refitted for the default total field inversion (its box carries 20 mm of
-    margin, hence the larger base): 0.99 GB measured alone at 1 mm (192x224x160, 5 echoes) and
-    1.52 GB on the clinical protocol (480x480x68, 7 echoes).
+    margin, hence the larger base): 0.78 GB measured alone at 1 mm (192x224x160, 5 echoes) and
+    1.21 GB on the clinical protocol (480x480x68, 7 echoes).
     """
     volume = n_voxels * 4 / 1e9
     return {
@@ -52,7 +52,7 @@ def estimate_mem_gb(n_voxels, n_echoes):
         "combine": 0.2 + volume * (3 * n_echoes + 3),
         "relaxometry": 0.2 + volume * 2 * n_echoes,
         "background": 0.2 + volume * 10,
-        "invert": 0.6 + volume * 15.5,
+        "invert": 0.5 + volume * 13,
         "reference": 0.15 + volume * 4,
         "swi": 0.15 + volume * (2 * n_echoes + 5),
         "figures": 0.12 + volume * 7.5,
@@ -386,10 +386,12 @@ def init_inversion_wf(
     echo_times (s), field_strength (T), labels (for the 'labels' reference). Outputs:
     local_field (ppm), mask (where the local field and chi are valid), chimap (ppm), params
     ({stage: settings} of background, inversion, reference), warnings. Arguments as in
-    `init_qsm_wf`. two_pass: two-pass artefact reduction (Stewart et al. 2022): background
-    removal and inversion once more on a mask without the unreliable voxels inside the brain
-    (`HollowMask`, settings under parameters["two_pass"]), that map kept where it is valid and
-    the full mask's map in the voxels it left out (`TwoPass`; local_field stays the full mask's).
+    `init_qsm_wf`. After LBV the inversion is given the mask LBV took its boundary from (TFI
+    gives back the brain's own field that LBV removed there). two_pass: two-pass artefact
+    reduction (Stewart et al. 2022): background removal and inversion once more on a mask
+    without the unreliable voxels inside the brain (`HollowMask`, settings under
+    parameters["two_pass"]), that map kept where it is valid and the full mask's map in the
+    voxels it left out (`TwoPass`; local_field stays the full mask's).
     """
     parameters = parameters or {}
     cites = load_json("citations.json")
@@ -439,6 +441,9 @@ def init_inversion_wf(
     # The map that is referenced: the inversion's, or the two passes joined.
     chimap = _two_pass(workflow, inputnode, background, invert, warnings, mem_gb=mem_gb,
                        stage_inputs=stage_inputs) if two_pass else invert  # fmt:skip
+    if background_method == "lbv":
+        # TFI gives back the brain's own field that LBV took for background at its boundary.
+        workflow.connect(background, "method_mask", invert, "lbv_mask")
     workflow.connect([
         (inputnode, background, [("field_strength", "field_strength"), ("field", "field"),
                                  ("brain_mask", "mask"), ("noise", "noise"),
@@ -482,6 +487,8 @@ def _two_pass(workflow, inputnode, background, invert, warnings, *, mem_gb, stag
         name="invert_pass1", mem_gb=mem_gb["invert"], n_procs=invert.n_procs,
     )  # fmt:skip
     two_pass = pe.Node(TwoPass(), name="two_pass", mem_gb=mem_gb["reference"])
+    if background.inputs.method == "lbv":
+        workflow.connect(background_pass1, "method_mask", invert_pass1, "lbv_mask")
     workflow.connect([
         (inputnode, hollow_mask, [("field", "field"), ("noise", "noise"),
                                   ("brain_mask", "mask"), ("echo_times", "echo_times")]),
