@@ -254,7 +254,10 @@ def tfi(
     )  # fmt: skip
     first_pass = 0
     if lbv_mask is not None and boundary_iterations > 0:
-        lbv_mask = box.crop(_checked(field, lbv_mask, voxel_size, b)[1])
+        lbv_mask = np.asarray(lbv_mask, dtype=bool)
+        if lbv_mask.shape != mask.shape:
+            raise ValueError(f"lbv_mask {lbv_mask.shape} and mask {mask.shape} differ in grid")
+        lbv_mask = box.crop(lbv_mask)
         first, first_pass = solve(f, iterations=boundary_iterations)
         f = f + _removed_by_lbv(first * box.crop(support), kernel, lbv_mask, voxel_size, inside)
     chi, done = solve(f, iterations=iterations)
