@@ -277,6 +277,38 @@ def test_damaged_file_refused_on_loading(tmp_path):
         load_input(path, part="phase")
 
 
+def _head_echoes(tmp_path):
+    """Magnitude (two echoes of a decaying ball in noise) and a wrapped phase ramp of that ball."""
+    rng = np.random.default_rng(2)
+    x, y, z = np.mgrid[-1:1:16j, -1:1:14j, -1:1:12j]
+    ball = (x**2 + y**2 + z**2 < 0.7).astype(float)
+    magnitudes = [_image(tmp_path, 800 * ball * np.exp(-k / 3) + rng.rayleigh(20, ball.shape),
+                         f"mag{k}.nii.gz") for k in (1, 2)]  # fmt: skip
+    phase = np.angle(np.exp(1j * (3 * x + 2 * z))) * ball + (1 - ball) * rng.uniform(
+        -np.pi, np.pi, ball.shape
+    )
+    return magnitudes, phase
+
+
+def test_magnitude_given_as_the_phase_is_refused_naming_the_file(tmp_path):
+    from bids_qsm.interfaces.fieldmap import LoadEchoes
+
+    magnitudes, phase = _head_echoes(tmp_path)
+    good = _image(tmp_path, phase, "phase1.nii.gz")
+    LoadEchoes(magnitude=[str(m) for m in magnitudes], phase=[str(good)] * 2, units="rad").run(
+        cwd=str(tmp_path)
+    )
+    # The second echo's magnitude copied into the first echo's phase: Siemens-like numbers.
+    wrong = _image(tmp_path, nb.load(magnitudes[1]).get_fdata(), "phase2.nii.gz")
+    with pytest.raises(InputDataError) as caught:  # also where the sidecar says radians
+        LoadEchoes(
+            magnitude=[str(m) for m in magnitudes], phase=[str(good), str(wrong)], units="rad"
+        ).run(cwd=str(tmp_path))
+    message = str(caught.value)
+    assert message.startswith(f"{wrong}: its values follow the magnitude image mag2.nii.gz (")
+    assert message.endswith("a magnitude image given as the phase (part-phase)?")
+
+
 def _crash_file(folder, node, error_lines):
     folder.mkdir(parents=True, exist_ok=True)
     crash = folder / f"crash-{node.rsplit('.', 1)[-1]}.txt"

@@ -12,6 +12,8 @@ from nipype.interfaces.base import (
 
 from bids_qsm.interfaces.nifti import (
     captured_warnings,
+    check_phase_is_not_magnitude,
+    check_volume,
     geometry,
     load,
     load_input,
@@ -92,16 +94,20 @@ class LoadEchoes(SimpleInterface):
             ref = load(self.inputs.real[0])[1]
         else:
             with captured_warnings() as warnings:
-                magnitude = np.stack(
-                    [load_input(f, part="mag")[0] for f in self.inputs.magnitude], axis=-1
-                )
-                phase = np.stack(
-                    [
-                        scale_phase(load_input(f, part="phase", units=units)[0], units=units)
-                        for f in self.inputs.phase
-                    ],
-                    axis=-1,
-                )
+                magnitudes, phases = [], []
+                for mag_file, phase_file in zip(
+                    self.inputs.magnitude, self.inputs.phase, strict=True
+                ):
+                    magnitudes.append(load_input(mag_file, part="mag")[0])
+                    # A magnitude in the phase's place is named as such before its values are
+                    # judged against the phase units (which would blame the sidecar instead).
+                    stored = load_input(phase_file, part="phase", units="arbitrary")[0]
+                    check_phase_is_not_magnitude(
+                        stored, magnitudes[-1], path=phase_file, magnitude_path=mag_file
+                    )
+                    check_volume(stored, path=phase_file, part="phase", units=units)
+                    phases.append(scale_phase(stored, units=units))
+                magnitude, phase = np.stack(magnitudes, axis=-1), np.stack(phases, axis=-1)
             self._results["warnings"] = sorted(set(warnings), key=warnings.index)
             ref = load(self.inputs.phase[0])[1]
         phase *= self.inputs.sign
