@@ -24,8 +24,8 @@ _MAX_NEGATIVE = 0.05  # fraction of negative voxels a magnitude may show (interp
 _RAD_LIMIT = 2 * np.pi + 1e-3  # radians come in [-pi, pi) or [0, 2 pi)
 _MAX_STORED_PHASE = 65536.0  # vendors store phase in 12 or 16 bits at most
 # Phase images, raw or in radians, follow their magnitude at |r| <= 0.41 on the project's data
-# (the Siemens phantom scan, the in vivo crop, simulated heads); another echo's magnitude
-# follows it at r > 0.95.
+# (the Siemens phantom scan, the in vivo crop, simulated heads); on the built-in phantom the
+# second echo's magnitude follows the first's at r = 0.97.
 _MAGNITUDE_LIKE_R = 0.9
 
 logger = logging.getLogger(__name__)
