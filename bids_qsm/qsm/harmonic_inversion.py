@@ -106,36 +106,29 @@ def wh_qsm(
     inv11, inv12, inv22 = a22 / det, -a12 / det, a11 / det
     inv11[0, 0, 0], inv12[0, 0, 0], inv22[0, 0, 0] = 0.0, 0.0, 1.0 / mu
 
-    chi = np.zeros(shape, dtype=np.float32)
-    z, s = f.copy(), np.zeros(shape, dtype=np.float32)
-    y, u = np.zeros((3, *shape), dtype=np.float32), np.zeros((3, *shape), dtype=np.float32)
-    h, t = np.zeros(shape, dtype=np.float32), np.zeros(shape, dtype=np.float32)
     h_ = np.asarray(voxel_size, dtype=np.float32)
-    threshold = np.float32(alpha / rho)
+    threshold = np.full(shape, alpha / rho, dtype=np.float32)
+    chi = np.zeros(shape, dtype=np.float32)
+    # As in `_tfi_admm`, only the differences z - s, y - u and h - t enter the (chi, phi) step.
+    s, z_minus_s = np.zeros(shape, dtype=np.float32), f.copy()
+    u, y_minus_u = np.zeros((3, *shape), dtype=np.float32), np.zeros((3, *shape), dtype=np.float32)
+    t, h_minus_t = np.zeros(shape, dtype=np.float32), np.zeros(shape, dtype=np.float32)
     grad = np.empty((3, *shape), dtype=np.float32)
     div = np.empty(shape, dtype=np.float32)
     done = 0
     while done < iterations:
-        _divergence(y - u, h_, div)  # -grad^T (y - u)
-        data_hat = rfftn(z - s)
-        r1 = mu * kernel * data_hat - rho * rfftn(div)
-        r2 = mu * data_hat - nu * g2 * rfftn(h - t)  # Lap^T = Lap, symbol -g2
-        chi_hat = inv11 * r1 + inv12 * r2
-        phi_hat = inv12 * r1 + inv22 * r2
+        _divergence(y_minus_u, h_, div)  # -grad^T (y - u)
+        chi_hat, model_hat, lap_hat = rfftn(z_minus_s), rfftn(div), rfftn(h_minus_t)
+        _wh_step(chi_hat, model_hat, lap_hat, kernel, g2, inv11, inv12, inv22, mu, rho, nu)
         previous, chi = chi, irfftn(chi_hat, shape)
-        model = irfftn(kernel * chi_hat + phi_hat, shape)
-        lap_phi = irfftn(-g2 * phi_hat, shape)
+        model, lap_phi = irfftn(model_hat, shape), irfftn(lap_hat, shape)
         _gradient(chi, h_, grad)
         # z: the data term holds on the mask only; outside it z follows the model.
-        z = (inside * f + mu * (model + s)) / (inside + mu)
-        s += model - z
-        y = _shrink(grad + u, threshold)
-        u += grad - y
-        # h: beta/2 ||M h||^2 + nu/2 ||Lap phi - h + t||^2, voxel by voxel.
-        h = nu * (lap_phi + t) / (nu + beta * inside)
-        t += lap_phi - h
+        _data_step(model, f, inside, mu, s, z_minus_s)
+        _shrink_step(grad, threshold, u, y_minus_u)
+        _harmonic_step(lap_phi, inside, nu, beta, t, h_minus_t)
         done += 1
-        if tol > 0 and np.linalg.norm(chi - previous) <= tol * np.linalg.norm(chi):
+        if tol > 0 and _relative_change(chi, previous) <= tol:
             break
     logger.info("WH-QSM: %d iterations", done)
     if report is not None:
@@ -319,10 +312,40 @@ def _chi_step(data_hat, div_hat, kernel, denominator, mu, rho):
 
 
 @njit(parallel=True, fastmath=True, cache=True)
+def _wh_step(data_hat, div_hat, lap_hat, kernel, g2, inv11, inv12, inv22, mu, rho, nu):
+    """`wh_qsm`'s (chi, phi) step in Fourier space, in place: from the spectra of z - s,
+    -grad^T (y - u) and h - t, chi's (into `data_hat`), the model field D chi + phi's (into
+    `div_hat`) and the Laplacian of phi's (into `lap_hat`), by the inverse 2x2 system."""
+    d, g, q = data_hat.ravel(), div_hat.ravel(), lap_hat.ravel()
+    k, w = kernel.ravel(), g2.ravel()
+    i11, i12, i22 = inv11.ravel(), inv12.ravel(), inv22.ravel()
+    for n in prange(d.size):
+        r1 = mu * k[n] * d[n] - rho * g[n]
+        r2 = mu * d[n] - nu * w[n] * q[n]  # Lap^T = Lap, symbol -g2
+        chi = i11[n] * r1 + i12[n] * r2
+        phi = i12[n] * r1 + i22[n] * r2
+        d[n] = chi
+        g[n] = k[n] * chi + phi
+        q[n] = -w[n] * phi
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _harmonic_step(lap_phi, inside, nu, beta, t, h_minus_t):
+    """`wh_qsm`'s Laplacian splitting, voxel by voxel: h minimises beta/2 M h^2 +
+    nu/2 (Lap phi - h + t)^2, t += Lap phi - h; h - t into `h_minus_t`."""
+    lap, weight = lap_phi.ravel(), inside.ravel()
+    dual, out = t.ravel(), h_minus_t.ravel()
+    for n in prange(lap.size):
+        h = nu * (lap[n] + dual[n]) / (nu + beta * weight[n])
+        dual[n] += lap[n] - h
+        out[n] = h - dual[n]
+
+
+@njit(parallel=True, fastmath=True, cache=True)
 def _data_step(model, f, inside, mu, s, z_minus_s):
-    """`tfi`'s data splitting, voxel by voxel: z = (M f + mu (model + s)) / (M + mu) (the data
-    term holds where M > 0; elsewhere z follows the model), s += model - z; z - s into
-    `z_minus_s`. In one pass over memory, where NumPy would make five."""
+    """The data splitting of `tfi` and `wh_qsm`, voxel by voxel: z = (M f + mu (model + s)) /
+    (M + mu) (the data term holds where M > 0; elsewhere z follows the model), s += model - z;
+    z - s into `z_minus_s`. In one pass over memory, where NumPy would make five."""
     m, data, weight = model.ravel(), f.ravel(), inside.ravel()
     dual, out = s.ravel(), z_minus_s.ravel()
     for n in prange(m.size):
@@ -333,8 +356,8 @@ def _data_step(model, f, inside, mu, s, z_minus_s):
 
 @njit(parallel=True, fastmath=True, cache=True)
 def _shrink_step(grad, threshold, u, y_minus_u):
-    """`tfi`'s gradient splitting, voxel by voxel: y = soft threshold of grad + u by the voxel's
-    threshold, u += grad - y; y - u into `y_minus_u`."""
+    """The gradient splitting of `tfi` and `wh_qsm`, voxel by voxel: y = soft threshold of
+    grad + u by the voxel's threshold, u += grad - y; y - u into `y_minus_u`."""
     voxels = threshold.size
     g, t = grad.reshape((3, voxels)), threshold.ravel()
     dual, out = u.reshape((3, voxels)), y_minus_u.reshape((3, voxels))
@@ -390,26 +413,6 @@ def _divergence(g, h, out):
                     + (g[1, i, j, k] - g[1, i, jm, k]) / h[1]
                     + (g[2, i, j, k] - g[2, i, j, km]) / h[2]
                 )
-
-
-@njit(parallel=True, fastmath=True, cache=True)
-def _shrink_into(v, threshold, out):
-    flat, o = v.ravel(), out.ravel()
-    for n in prange(flat.size):
-        a = flat[n]
-        if a > threshold:
-            o[n] = a - threshold
-        elif a < -threshold:
-            o[n] = a + threshold
-        else:
-            o[n] = 0.0
-
-
-def _shrink(v, threshold):
-    """Soft thresholding, voxel by voxel."""
-    out = np.empty_like(v)
-    _shrink_into(np.ascontiguousarray(v), np.float32(threshold), out)
-    return out
 
 
 def _support(mask, brain, extend_layers):
