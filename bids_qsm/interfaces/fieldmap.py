@@ -100,12 +100,14 @@ class LoadEchoes(SimpleInterface):
                 ):
                     magnitudes.append(load_input(mag_file, part="mag")[0])
                     # A magnitude in the phase's place is named as such before its values are
-                    # judged against the phase units (which would blame the sidecar instead).
+                    # judged against radians (which would blame the sidecar instead); only that
+                    # judgement depends on the units, so only then is the volume checked again.
                     stored = load_input(phase_file, part="phase", units="arbitrary")[0]
                     check_phase_is_not_magnitude(
                         stored, magnitudes[-1], path=phase_file, magnitude_path=mag_file
                     )
-                    check_volume(stored, path=phase_file, part="phase", units=units)
+                    if units == "rad":
+                        check_volume(stored, path=phase_file, part="phase", units=units)
                     phases.append(scale_phase(stored, units=units))
                 magnitude, phase = np.stack(magnitudes, axis=-1), np.stack(phases, axis=-1)
             self._results["warnings"] = sorted(set(warnings), key=warnings.index)
